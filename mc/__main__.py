@@ -1,0 +1,3 @@
+from mc.cli import main
+
+raise SystemExit(main())

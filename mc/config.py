@@ -1,0 +1,340 @@
+"""TOML configuration → typed, validated dataclasses.
+
+Errors are one line that names the file, the line where it can be found, the key and the fix:
+``mc.toml:7: [policy] approve = "sometimes": must be one of always, writes, commands, never``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+APPROVE_POLICIES = ("always", "writes", "commands", "never")
+APIS = ("responses", "chat")
+RUNNERS = ("builtin", "codex", "acp", "claude", "command")
+MERGE_MODES = ("ff", "merge", "squash")
+SANDBOXES = ("none", "bwrap")
+CONFIG_NAMES = ("missionctl.toml", ".mc/config.toml")
+
+
+class ConfigError(Exception):
+    """A configuration problem, as one line a person can act on."""
+
+
+@dataclass
+class RepoConfig:
+    path: str = "."
+    """The git repository the fleet works on (relative paths are relative to the config file)."""
+    base: str = ""
+    """The ref agents branch from and merge into; empty means the repository's current branch."""
+    worktree_dir: str = ""
+    """Where worktrees go; empty means `<repo>/../<repo-name>.mc-worktrees`."""
+    merge: str = "ff"
+    """How `merge` lands an agent's work on the base branch: ff, merge or squash."""
+
+
+@dataclass
+class ModelConfig:
+    base_url: str = "https://api.openai.com/v1"
+    """Any OpenAI-compatible endpoint: OpenAI, Ollama, vLLM, LM Studio, OpenRouter."""
+    model: str = "gpt-5-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    """The environment variable that holds the key. The key itself never goes in a file."""
+    api: str = "responses"
+    """responses (default) or chat (Chat Completions)."""
+    timeout: float = 60.0
+    """Seconds without a byte from the endpoint before a call counts as stalled."""
+    max_retries: int = 4
+    """Retries of a call that failed with 429, 5xx or a dropped stream, with backoff."""
+
+
+@dataclass
+class PolicyConfig:
+    approve: str = "writes"
+    """always: every tool call waits; writes: reads run, writes and commands wait;
+    commands: reads and writes run, commands outside allow_commands wait; never."""
+    allow_commands: list[str] = field(default_factory=list)
+    """Command prefixes that run without asking under `commands` (e.g. "pytest", "git status")."""
+
+
+@dataclass
+class ToolsConfig:
+    shell_timeout: float = 300.0
+    """Seconds a shell command may run before it is killed."""
+    sandbox: str = "none"
+    """none, or bwrap: shell commands run under bubblewrap (worktree writable, the rest read-only, no network)."""
+    pass_env: list[str] = field(default_factory=list)
+    """Environment variables shell commands get in addition to a safe default set (never the API key unless named)."""
+    max_output: int = 64_000
+    """Characters of a tool's output the model receives (the log keeps all of it)."""
+
+
+@dataclass
+class UIConfig:
+    bell: bool = True
+    """Ring the terminal bell once when an agent starts needing a decision."""
+    keys: dict[str, str] = field(default_factory=dict)
+    """Remapped bindings: binding id → keys, e.g. approve = "y"."""
+
+
+@dataclass
+class AgentConfig:
+    name: str
+    task: str = ""
+    runner: str = "builtin"
+    model: str = ""
+    """Overrides [model] model for this agent."""
+    policy: str = ""
+    """Overrides [policy] approve for this agent."""
+    command: str = ""
+    """For runner = "command": the command line; {task} is replaced by the task."""
+    base: str = ""
+    """Overrides [repo] base for this agent."""
+
+
+@dataclass
+class Config:
+    repo: RepoConfig = field(default_factory=RepoConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    ui: UIConfig = field(default_factory=UIConfig)
+    agents: list[AgentConfig] = field(default_factory=list)
+    source: str = ""
+    """The file this config was read from ("" when built in code)."""
+
+    def repo_path(self) -> Path:
+        base = Path(self.source).parent if self.source else Path.cwd()
+        return (base / os.path.expanduser(self.repo.path)).resolve()
+
+    def agent_model(self, agent: AgentConfig) -> str:
+        return agent.model or self.model.model
+
+    def agent_policy(self, agent: AgentConfig) -> str:
+        return agent.policy or self.policy.approve
+
+
+_SECTIONS: dict[str, type] = {
+    "repo": RepoConfig,
+    "model": ModelConfig,
+    "policy": PolicyConfig,
+    "tools": ToolsConfig,
+    "ui": UIConfig,
+}
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("repo", "merge"): MERGE_MODES,
+    ("model", "api"): APIS,
+    ("policy", "approve"): APPROVE_POLICIES,
+    ("tools", "sandbox"): SANDBOXES,
+    ("agents", "runner"): RUNNERS,
+    ("agents", "policy"): ("", *APPROVE_POLICIES),
+}
+
+
+def _line_of(text: str, table: str, key: str | None, index: int | None = None) -> int | None:
+    """Best-effort line number of `key` in `[table]` (or of the table header when key is None)."""
+    lines = text.splitlines()
+    current = ""
+    seen = -1
+    header_line = None
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        m = re.match(r"^\[\[?\s*([A-Za-z0-9_.-]+)\s*\]\]?", line)
+        if m:
+            current = m.group(1)
+            if current == table:
+                seen += 1
+                if index is None or seen == index:
+                    header_line = number
+            continue
+        if current != table or (index is not None and seen != index):
+            continue
+        if key is not None and re.match(rf"^{re.escape(key)}\s*=", line):
+            return number
+    return header_line
+
+
+def _where(source: str, text: str, table: str, key: str | None, index: int | None = None) -> str:
+    name = source or "config"
+    line = _line_of(text, table, key, index) if text else None
+    return f"{name}:{line}" if line else name
+
+
+def _type_name(tp: Any) -> str:
+    return {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false"}.get(
+        str(tp), str(tp)
+    )
+
+
+def _check_value(value: Any, annotation: str) -> tuple[bool, Any]:
+    """Check a TOML value against a dataclass field annotation (as a string). Returns (ok, value)."""
+    if annotation == "str":
+        return isinstance(value, str), value
+    if annotation == "bool":
+        return isinstance(value, bool), value
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation == "float":
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if annotation == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value), list(value)
+    if annotation == "dict[str, str]":
+        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        return ok, dict(value) if ok else value
+    return True, value
+
+
+_TYPE_WORDS = {
+    "str": 'a string in quotes ("…")',
+    "bool": "true or false",
+    "int": "a whole number",
+    "float": "a number",
+    "list[str]": 'a list of strings (["…", "…"])',
+    "dict[str, str]": 'a table of strings (key = "…")',
+}
+
+
+def _build(cls: type, data: dict[str, Any], table: str, source: str, text: str, index: int | None = None):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    label = f"[{table}]" if index is None else f"[[{table}]] #{index + 1}"
+    for key, value in data.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(
+                f"{_where(source, text, table, key, index)}: unknown key {label} {key}: remove it or use one of {known}"
+            )
+        annotation = str(fields[key].type)
+        ok, value = _check_value(value, annotation)
+        if not ok:
+            raise ConfigError(
+                f"{_where(source, text, table, key, index)}: {label} {key} = {value!r}: "
+                f"must be {_TYPE_WORDS.get(annotation, annotation)}"
+            )
+        choices = _CHOICES.get((table, key))
+        if choices and value not in choices:
+            shown = ", ".join(c for c in choices if c)
+            raise ConfigError(
+                f"{_where(source, text, table, key, index)}: {label} {key} = {value!r}: must be one of {shown}"
+            )
+        kwargs[key] = value
+    for name, f in fields.items():
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in kwargs:
+            raise ConfigError(
+                f"{_where(source, text, table, None, index)}: {label} is missing required key {name!r}: add "
+                f'{name} = "…"'
+            )
+    return cls(**kwargs)
+
+
+def parse_config(text: str, source: str = "") -> Config:
+    """Parse and validate config text. Raises ConfigError with a one-line message."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source or 'config'}: TOML syntax error: {exc}: fix the line it names") from None
+    return config_from_dict(data, source=source, text=text)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "", text: str = "") -> Config:
+    cfg = Config(source=source)
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{_where(source, text, key, None)}: {key} must be a table: write [{key}]")
+            setattr(cfg, key, _build(_SECTIONS[key], value, key, source, text))
+        elif key == "agents":
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(
+                    f"{_where(source, text, 'agents', None)}: agents must be an array of tables: write [[agents]]"
+                )
+            cfg.agents = [_build(AgentConfig, v, "agents", source, text, index=i) for i, v in enumerate(value)]
+        else:
+            known = ", ".join([*_SECTIONS, "agents"])
+            raise ConfigError(
+                f"{_where(source, text, key, None) if isinstance(value, dict) else source or 'config'}: "
+                f"unknown table or key {key!r}: remove it or use one of {known}"
+            )
+    names = [a.name for a in cfg.agents]
+    for i, name in enumerate(names):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise ConfigError(
+                f"{_where(source, text, 'agents', 'name', i)}: [[agents]] name = {name!r}: use letters, digits, "
+                "'.', '_' or '-' (it becomes a branch name)"
+            )
+        if name in names[:i]:
+            raise ConfigError(
+                f"{_where(source, text, 'agents', 'name', i)}: [[agents]] name = {name!r} is used twice: "
+                "give each agent its own name"
+            )
+        agent = cfg.agents[i]
+        if agent.runner == "command" and not agent.command:
+            raise ConfigError(
+                f'{_where(source, text, "agents", "runner", i)}: [[agents]] {name!r} has runner = "command" '
+                'but no command: add command = "… {task}"'
+            )
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a config file. Raises ConfigError naming the file when it is missing or unreadable."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file: create one with `missionctl init`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc}") from None
+    return parse_config(text, source=str(p.resolve()))
+
+
+def find_config(start: Path | None = None) -> Path | None:
+    """The config of the repository around `start`: missionctl.toml or .mc/config.toml at its top."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        for name in CONFIG_NAMES:
+            candidate = folder / name
+            if candidate.is_file():
+                return candidate
+        if (folder / ".git").exists():
+            return None
+    return None
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain data (for tomli-w), without the bookkeeping `source`."""
+    data = dataclasses.asdict(cfg)
+    data.pop("source", None)
+    if not data["agents"]:
+        data.pop("agents")
+    return data
+
+
+def starter_config(repo: str = ".", model: str = "gpt-5-mini", base_url: str = "") -> str:
+    """The text `missionctl init` writes."""
+    cfg = Config()
+    cfg.repo.path = repo
+    cfg.model.model = model
+    if base_url:
+        cfg.model.base_url = base_url
+    cfg.agents = [
+        AgentConfig(name="tests", task="Run the test suite and fix the first failure you find."),
+        AgentConfig(name="docs", task="Bring README.md up to date with the code.", policy="commands"),
+    ]
+    data = config_to_dict(cfg)
+    for agent in data["agents"]:
+        for key in [k for k, v in agent.items() if v == ""]:
+            del agent[key]
+    head = (
+        "# missionctl configuration: every option is documented in config.example.toml.\n"
+        "# The API key is read from the environment variable named by api_key_env, never from this file.\n\n"
+    )
+    return head + tomli_w.dumps(data)

@@ -1,0 +1,284 @@
+"""The typed events every layer speaks.
+
+Each event is a frozen dataclass with the id of the agent it concerns and a timestamp. Events are the
+unit of the append-only log (`agents/<id>/events.jsonl`): `to_dict`/`from_dict` round-trip them through
+JSON. Nothing in this module imports anything of mission control's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+Status = Literal[
+    "starting",
+    "running",
+    "waiting",
+    "idle",
+    "interrupted",
+    "merged",
+    "discarded",
+    "killed",
+    "failed",
+]
+STATUSES: tuple[str, ...] = (
+    "starting",
+    "running",
+    "waiting",
+    "idle",
+    "interrupted",
+    "merged",
+    "discarded",
+    "killed",
+    "failed",
+)
+#: States in which the agent's runner is alive and may act on its own.
+ACTIVE_STATUSES = frozenset({"starting", "running", "waiting"})
+#: States from which nothing more happens to the agent.
+FINAL_STATUSES = frozenset({"merged", "discarded", "killed", "failed"})
+
+#: Kinds of tool call, as the approval policy sees them.
+CallKind = Literal["read", "write", "command"]
+Decision = Literal["approve", "approve_all", "deny"]
+
+
+_REGISTRY: dict[str, type[Event]] = {}
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base of every event. `type` is the name written to the log."""
+
+    type: ClassVar[str] = "event"
+
+    agent: str
+    ts: float = field(default_factory=_now)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.type] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": self.type}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+            data[f.name] = value
+        return data
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from its logged dict; unknown fields are dropped, unknown types raise KeyError."""
+    cls = _REGISTRY[data["type"]]
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            continue
+        if key == "files" and cls is DiffChanged:
+            value = tuple(FileStat(**v) for v in value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentCreated(Event):
+    """First event of every agent: who it is and where it works."""
+
+    type: ClassVar[str] = "agent_created"
+    name: str
+    task: str
+    runner: str
+    model: str = ""
+    policy: str = "writes"
+    branch: str = ""
+    worktree: str = ""
+    base_ref: str = ""
+    base_commit: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusChanged(Event):
+    type: ClassVar[str] = "status"
+    status: str
+    previous: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class UserMessage(Event):
+    """An instruction from the engineer: the task, or a redirect."""
+
+    type: ClassVar[str] = "user_message"
+    text: str
+    redirect: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextDelta(Event):
+    """A fragment of the model's (or a CLI agent's) visible output."""
+
+    type: ClassVar[str] = "text_delta"
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssistantMessage(Event):
+    """The model's complete text of one reply (after its deltas)."""
+
+    type: ClassVar[str] = "assistant_message"
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolCall(Event):
+    type: ClassVar[str] = "tool_call"
+    call_id: str
+    tool: str
+    arguments: str  # JSON text, as the model sent it
+    kind: str = "read"  # read | write | command
+    summary: str = ""  # one line for the log: the command, the path …
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolOutput(Event):
+    """A chunk of a running tool's output (a shell command's lines)."""
+
+    type: ClassVar[str] = "tool_output"
+    call_id: str
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolResult(Event):
+    """What a tool call returned to the model (truncated for the log when large)."""
+
+    type: ClassVar[str] = "tool_result"
+    call_id: str
+    ok: bool
+    output: str
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalRequested(Event):
+    type: ClassVar[str] = "approval_requested"
+    approval_id: str
+    call_id: str
+    tool: str
+    kind: str  # read | write | command
+    summary: str  # one line: the command, or "write path"
+    detail: str = ""  # the full command, or the change as a unified diff
+    remember_key: str = ""  # what `approve_all` remembers: "command:git status", "write", …
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApprovalResolved(Event):
+    type: ClassVar[str] = "approval_resolved"
+    approval_id: str
+    decision: str  # approve | approve_all | deny
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refused(Event):
+    """A tool call refused by confinement (a path outside the worktree, a sandbox missing …)."""
+
+    type: ClassVar[str] = "refused"
+    call_id: str
+    tool: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Usage(Event):
+    """Token usage of one model call."""
+
+    type: ClassVar[str] = "usage"
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorEvent(Event):
+    type: ClassVar[str] = "error"
+    message: str
+    fatal: bool = False
+    retry_in: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversationItem(Event):
+    """One item of the model conversation, kept so that a restart can continue it. Not shown."""
+
+    type: ClassVar[str] = "conversation"
+    item: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunnerState(Event):
+    """Opaque state a runner needs to resume after a restart (a thread or session id). Not shown."""
+
+    type: ClassVar[str] = "runner_state"
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FileStat:
+    path: str
+    added: int = 0
+    removed: int = 0
+    status: str = "M"  # A added, M modified, D deleted, R renamed, ? untracked
+    binary: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffChanged(Event):
+    """The agent's worktree differs from its base in a new way. The text itself is kept by the Fleet."""
+
+    type: ClassVar[str] = "diff"
+    files: tuple[FileStat, ...] = ()
+    added: int = 0
+    removed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Committed(Event):
+    type: ClassVar[str] = "committed"
+    commit: str
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Merged(Event):
+    type: ClassVar[str] = "merged"
+    mode: str
+    commit: str
+    into: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MergeConflict(Event):
+    type: ClassVar[str] = "merge_conflict"
+    files: tuple[str, ...]
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Discarded(Event):
+    type: ClassVar[str] = "discarded"
+    snapshot_ref: str
+    snapshot_commit: str
+
+
+#: Events that belong in the human log of an agent (the rest is bookkeeping).
+HIDDEN_TYPES = frozenset({"conversation", "runner_state", "text_delta"})
