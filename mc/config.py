@@ -53,6 +53,8 @@ class ModelConfig:
     """Seconds without a byte from the endpoint before a call counts as stalled."""
     max_retries: int = 4
     """Retries of a call that failed with 429, 5xx or a dropped stream, with backoff."""
+    retry_backoff: float = 1.0
+    """Seconds before the first retry (doubling each time) when the endpoint gives no Retry-After."""
 
 
 @dataclass

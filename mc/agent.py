@@ -1,0 +1,271 @@
+"""One agent's state, rebuilt from its events by a reducer, and its human log.
+
+The same `Agent.apply` runs when an event happens, when a fleet is restored from disk and when a
+monitor follows the logs of a fleet owned by another process, so the three cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from mc import events as ev
+
+#: Lines of log kept in memory per agent (the whole log stays on disk).
+LOG_RING = 5000
+#: A log line longer than this is cut in memory (the disk keeps it whole).
+MAX_LINE = 2000
+
+#: (kind, text); kind is one of: text user tool output ok err warn info approval
+LogLine = tuple[str, str]
+
+
+def _json_args(arguments: str) -> dict[str, Any]:
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class AgentLog:
+    """A bounded ring of log lines plus partial-line assembly for streamed text and output."""
+
+    def __init__(self, maxlen: int = LOG_RING) -> None:
+        self.lines: deque[LogLine] = deque(maxlen=maxlen)
+        self.total = 0  # lines ever added (also those that fell out of the ring)
+        self._partial: dict[str, str] = {}  # stream key → unfinished line
+        self._partial_kind: dict[str, str] = {}
+
+    def add(self, kind: str, text: str) -> None:
+        for line in text.split("\n"):
+            if len(line) > MAX_LINE:
+                line = line[:MAX_LINE] + f" … (+{len(line) - MAX_LINE} chars)"
+            self.lines.append((kind, line))
+            self.total += 1
+
+    def stream(self, key: str, kind: str, text: str) -> None:
+        """Add streamed text; complete lines go to the ring, the rest waits for more."""
+        buf = self._partial.get(key, "") + text
+        *done, rest = buf.split("\n")
+        for line in done:
+            self.add(kind, line)
+        self._partial[key] = rest
+        self._partial_kind[key] = kind
+        if len(rest) > MAX_LINE * 4:  # a single endless line: flush it in pieces
+            self.flush(key)
+
+    def flush(self, key: str | None = None) -> bool:
+        """Close unfinished streamed lines (all of them when key is None). True when any text was flushed."""
+        keys = list(self._partial) if key is None else [key]
+        flushed = False
+        for k in keys:
+            rest = self._partial.pop(k, "")
+            kind = self._partial_kind.pop(k, "text")
+            if rest:
+                self.add(kind, rest)
+                flushed = True
+        return flushed
+
+    def tail(self, n: int) -> list[LogLine]:
+        """The last n lines, including unfinished streamed ones."""
+        partial = [(self._partial_kind[k], v) for k, v in self._partial.items() if v]
+        if n <= len(partial):
+            return partial[-n:] if n else []
+        start = max(0, len(self.lines) - (n - len(partial)))
+        return [self.lines[i] for i in range(start, len(self.lines))] + partial
+
+    def pending_text(self) -> bool:
+        return any(self._partial.values())
+
+
+@dataclass
+class Agent:
+    """Everything the fleet knows about one agent. Mutated only through `apply`."""
+
+    id: str
+    name: str = ""
+    task: str = ""
+    runner: str = "builtin"
+    model: str = ""
+    policy: str = "writes"
+    branch: str = ""
+    worktree: str = ""
+    base_ref: str = ""
+    base_commit: str = ""
+    created: float = field(default_factory=time.time)
+    status: str = "starting"
+    status_since: float = field(default_factory=time.time)
+    status_reason: str = ""
+    error: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    files_changed: int = 0
+    lines_added: int = 0
+    lines_removed: int = 0
+    diff_files: tuple[ev.FileStat, ...] = ()
+    pending: dict[str, ev.ApprovalRequested] = field(default_factory=dict)
+    remembered: set[str] = field(default_factory=set)
+    conversation: list[dict[str, Any]] = field(default_factory=list)
+    runner_state: dict[str, Any] = field(default_factory=dict)
+    tool_calls: dict[str, ev.ToolCall] = field(default_factory=dict)
+    merged_commit: str = ""
+    snapshot_ref: str = ""
+    conflicts: tuple[str, ...] = ()
+    last_event: float = 0.0
+    log: AgentLog = field(default_factory=AgentLog)
+    version: int = 0  # bumped on every applied event: cheap change detection for views
+    text_streamed: bool = field(default=False, repr=False)
+    streamed_calls: set[str] = field(default_factory=set, repr=False)
+
+    # -- derived -----------------------------------------------------------------------------------
+    @property
+    def needs_decision(self) -> bool:
+        """True when the engineer has something to decide: an approval, or finished work to review."""
+        return bool(self.pending) or self.status == "waiting"
+
+    @property
+    def waiting_since(self) -> float:
+        """When the oldest pending approval was asked (for 'next agent that needs a decision')."""
+        if self.pending:
+            return min(p.ts for p in self.pending.values())
+        return self.status_since
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def oldest_pending(self) -> ev.ApprovalRequested | None:
+        if not self.pending:
+            return None
+        return min(self.pending.values(), key=lambda p: p.ts)
+
+    # -- reducer -----------------------------------------------------------------------------------
+    def apply(self, event: ev.Event) -> None:
+        """Fold one event into the state and the human log."""
+        self.version += 1
+        self.last_event = event.ts
+        log = self.log
+        match event:
+            case ev.AgentCreated():
+                self.name, self.task, self.runner = event.name, event.task, event.runner
+                self.model, self.policy, self.branch = event.model, event.policy, event.branch
+                self.worktree, self.base_ref, self.base_commit = event.worktree, event.base_ref, event.base_commit
+                self.created = event.ts
+                self.status_since = event.ts
+                log.add("info", f"agent {event.name} ({event.runner}) on {event.branch or 'no branch'}")
+                log.add("user", f"» {event.task}")
+            case ev.StatusChanged():
+                self.status = event.status
+                self.status_since = event.ts
+                self.status_reason = event.reason
+                if event.status == "failed":
+                    self.error = event.reason
+                elif event.status in ("running", "starting"):
+                    self.error = ""
+                if event.status not in ("waiting", "running", "starting"):
+                    self.pending.clear()  # idle, interrupted or final: no approval is still open
+                log.flush()
+                text = f"· {event.status}" + (f": {event.reason}" if event.reason else "")
+                log.add("err" if event.status == "failed" else "info", text)
+            case ev.UserMessage():
+                log.flush()
+                log.add("user", ("» redirect: " if event.redirect else "» ") + event.text)
+            case ev.TextDelta():
+                self.text_streamed = True
+                log.stream("text", "text", event.text)
+            case ev.AssistantMessage():
+                log.flush("text")
+                if event.text and not self.text_streamed:
+                    log.add("text", event.text)
+                self.text_streamed = False
+            case ev.ToolCall():
+                log.flush()
+                self.tool_calls[event.call_id] = event
+                if len(self.tool_calls) > 200:
+                    self.tool_calls.pop(next(iter(self.tool_calls)))
+                log.add("tool", _call_line(event))
+            case ev.ToolOutput():
+                self.streamed_calls.add(event.call_id)
+                log.stream(f"out:{event.call_id}", "output", event.text)
+            case ev.ToolResult():
+                log.flush(f"out:{event.call_id}")
+                streamed = event.call_id in self.streamed_calls
+                self.streamed_calls.discard(event.call_id)
+                call = self.tool_calls.get(event.call_id)
+                if call is not None and call.tool == "shell":
+                    code = event.exit_code
+                    if not streamed and event.output:
+                        log.add("output", event.output)
+                    log.add("ok" if event.ok else "err", f"  exit {code}" if code is not None else "  done")
+                elif not event.ok:
+                    log.add("err", "  " + event.output.strip().splitlines()[0] if event.output.strip() else "  failed")
+                else:
+                    first = event.output.strip().splitlines()[0] if event.output.strip() else "ok"
+                    log.add("ok", "  " + first[:200])
+            case ev.ApprovalRequested():
+                self.pending[event.approval_id] = event
+                log.flush()
+                log.add("approval", f"? approve {event.kind}: {event.summary}")
+            case ev.ApprovalResolved():
+                req = self.pending.pop(event.approval_id, None)
+                if event.decision == "approve_all" and req is not None and req.remember_key:
+                    self.remembered.add(req.remember_key)
+                word = {"approve": "approved", "approve_all": "approved (and the same for the rest of the run)"}
+                text = word.get(event.decision, "denied")
+                if event.reason:
+                    text += f": {event.reason}"
+                log.add("ok" if event.decision != "deny" else "warn", f"  {text}")
+            case ev.Refused():
+                log.add("err", f"  refused: {event.reason}")
+            case ev.Usage():
+                self.input_tokens += event.input_tokens
+                self.output_tokens += event.output_tokens
+            case ev.ErrorEvent():
+                log.flush()
+                extra = f" (retrying in {event.retry_in:.0f}s)" if event.retry_in else ""
+                log.add("err" if event.fatal else "warn", f"! {event.message}{extra}")
+                if event.fatal:
+                    self.error = event.message
+            case ev.ConversationItem():
+                self.conversation.append(event.item)
+            case ev.RunnerState():
+                self.runner_state.update(event.data)
+            case ev.DiffChanged():
+                self.diff_files = event.files
+                self.files_changed = len(event.files)
+                self.lines_added, self.lines_removed = event.added, event.removed
+            case ev.Committed():
+                log.add(
+                    "ok", f"committed {event.commit[:10]}: {event.message.splitlines()[0] if event.message else ''}"
+                )
+            case ev.Merged():
+                self.merged_commit = event.commit
+                self.conflicts = ()
+                log.add("ok", f"merged into {event.into} ({event.mode}) as {event.commit[:10]}")
+            case ev.MergeConflict():
+                self.conflicts = event.files
+                log.add("err", f"merge conflict in {', '.join(event.files) or '?'}: {event.message}")
+            case ev.Discarded():
+                self.snapshot_ref = event.snapshot_ref
+                log.add("warn", f"discarded; snapshot kept at {event.snapshot_ref} ({event.snapshot_commit[:10]})")
+
+
+def _call_line(call: ev.ToolCall) -> str:
+    args = _json_args(call.arguments)
+    if call.tool == "shell":
+        return f"$ {args.get('command', call.summary)}"
+    if call.summary:
+        return f"→ {call.tool} {call.summary}"
+    return f"→ {call.tool}"
+
+
+def replay(agent_id: str, events: list[ev.Event]) -> Agent:
+    """Rebuild an agent from its whole log."""
+    agent = Agent(id=agent_id)
+    for event in events:
+        agent.apply(event)
+    return agent

@@ -1,0 +1,520 @@
+"""The built-in agent: a tool-calling loop on `openai.AsyncOpenAI`.
+
+Responses API by default, Chat Completions as an option, any OpenAI-compatible base_url. The loop is
+driven by the conversation on record (`Agent.conversation`), so an agent restored after a restart
+continues where its log ends: calls still waiting for approval wait again, a call that was running
+when the process died is reported to the model as not finished, and the model is asked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from mc import events as ev
+from mc.agents.base import Runner, RunnerContext, RunnerError
+from mc.tools import TOOLS, Refusal, Workspace, command_key, openai_tools, preview, run_tool, safe_env
+from mc.tools import allowed_by_prefix as _allowed
+
+SYSTEM_PROMPT = """\
+You are a careful software engineer working on a task in a git worktree at {worktree}.
+It is your own branch of the repository: edit files there freely with the tools you have.
+Paths are relative to the worktree; you cannot reach outside it. Commands run with the worktree as
+the current directory. Some calls need the engineer's approval: if one is denied, read the reason and
+adapt. Keep answers short. When the task is done, say in a few lines what you changed and stop.
+Platform: {platform}."""
+
+#: Said to the model for a call that never ran to the end.
+INTERRUPTED = "This call was interrupted by the engineer before it finished; it may have run partly."
+NOT_RUN_RESTART = "This call did not finish: mission control restarted while it ran. Check its effect before retrying."
+REDIRECTED = "Not run: the engineer interrupted the turn to give a new instruction."
+
+
+class ModelFailed(Exception):
+    """The endpoint failed for good (after retries, or with an error that retrying cannot fix)."""
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Reply:
+    text: str = ""
+    calls: list[dict[str, str]] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def needs_approval(policy: str, kind: str, command: str, allow: list[str]) -> bool:
+    """Whether the approval policy makes a call of this kind wait for the engineer."""
+    if policy == "always":
+        return True
+    if policy == "never":
+        return False
+    if policy == "writes":
+        return kind in ("write", "command")
+    if policy == "commands":
+        return kind == "command" and not _allowed(command, allow)
+    return True
+
+
+def remember_key(tool: str, kind: str, args: dict[str, Any]) -> str:
+    """What approve-all remembers: the program and subcommand of a command, or the kind of call."""
+    if kind == "command":
+        return "command:" + command_key(str(args.get("command", "")))
+    return kind
+
+
+def to_responses_input(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for item in history:
+        role = item.get("role")
+        if role == "user":
+            items.append({"role": "user", "content": item["content"]})
+        elif role == "assistant":
+            if item.get("content"):
+                items.append({"role": "assistant", "content": item["content"]})
+            for call in item.get("calls", []):
+                items.append(
+                    {
+                        "type": "function_call",
+                        "call_id": call["id"],
+                        "name": call["name"],
+                        "arguments": call["arguments"],
+                    }
+                )
+        elif role == "tool":
+            items.append({"type": "function_call_output", "call_id": item["call_id"], "output": item["output"]})
+    return items
+
+
+def to_chat_messages(system: str, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    for item in history:
+        role = item.get("role")
+        if role == "user":
+            messages.append({"role": "user", "content": item["content"]})
+        elif role == "assistant":
+            msg: dict[str, Any] = {"role": "assistant", "content": item.get("content") or None}
+            if item.get("calls"):
+                msg["tool_calls"] = [
+                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                    for c in item["calls"]
+                ]
+            messages.append(msg)
+        elif role == "tool":
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]})
+    return messages
+
+
+def outstanding_calls(history: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Calls of the last assistant reply that have no output yet."""
+    answered: set[str] = set()
+    for item in reversed(history):
+        if item.get("role") == "tool":
+            answered.add(item["call_id"])
+        elif item.get("role") == "assistant":
+            return [c for c in item.get("calls", []) if c["id"] not in answered]
+        else:
+            return []
+    return []
+
+
+def _status_message(base_url: str, exc: openai.APIStatusError) -> str:
+    message = exc.message or ""
+    body = exc.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            message = str(err["message"])
+    return f"{base_url} answered HTTP {exc.status_code}: {message}".strip()
+
+
+class BuiltinRunner(Runner):
+    """The OpenAI tool loop."""
+
+    kind = "builtin"
+
+    def __init__(self, ctx: RunnerContext) -> None:
+        super().__init__(ctx)
+        cfg = ctx.config.model
+        self.api = cfg.api
+        self.model = ctx.agent.model or ctx.spec.model or cfg.model
+        key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+        self._key_missing = bool(cfg.api_key_env) and not key
+        self.client = openai.AsyncOpenAI(
+            api_key=key or "not-set",
+            base_url=cfg.base_url,
+            timeout=cfg.timeout,
+            max_retries=0,  # retries are ours: each one is an event the engineer sees
+        )
+        self.ws = Workspace(ctx.worktree)
+        self.system = SYSTEM_PROMPT.format(worktree=ctx.worktree, platform=platform.system())
+        self._task: asyncio.Task[None] | None = None
+        self._approvals: dict[str, asyncio.Future[tuple[str, str]]] = {}
+        self._cancel_reason = INTERRUPTED
+
+    # -- protocol ----------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self, task: str) -> None:
+        self._add_history({"role": "user", "content": task})
+        self._spawn_turn()
+
+    async def send(self, text: str) -> None:
+        await self._stop_turn(REDIRECTED)
+        self._add_history({"role": "user", "content": text})
+        self._spawn_turn()
+
+    async def resolve(self, approval_id: str, decision: str, reason: str = "") -> None:
+        fut = self._approvals.get(approval_id)
+        if fut is None or fut.done():
+            raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
+        fut.set_result((decision, reason))
+
+    async def interrupt(self) -> None:
+        await self._stop_turn(INTERRUPTED)
+        self.ctx.status("interrupted", "by the engineer")
+
+    async def resume(self) -> None:
+        if self.busy:
+            return
+        self._spawn_turn(after_restart=True)
+
+    async def restore(self) -> None:
+        """After a restart with approvals pending: wait for them again, then go on."""
+        self._spawn_turn(after_restart=True, quiet=True)
+
+    async def kill(self) -> None:
+        await self._stop_turn(INTERRUPTED)
+        with contextlib.suppress(Exception):
+            await self.client.close()
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _spawn_turn(self, after_restart: bool = False, quiet: bool = False) -> None:
+        if not quiet:
+            self.ctx.status("running")
+        self._task = asyncio.get_running_loop().create_task(self._turn(after_restart))
+
+    async def _stop_turn(self, reason: str) -> None:
+        task = self._task
+        if task is None or task.done():
+            return
+        self._cancel_reason = reason
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    def _add_history(self, item: dict[str, Any]) -> None:
+        self.ctx.emit(ev.ConversationItem(agent=self.ctx.agent_id, item=item))
+
+    async def _turn(self, after_restart: bool) -> None:
+        ctx = self.ctx
+        try:
+            if self._key_missing:
+                ctx.emit(
+                    ev.ErrorEvent(
+                        agent=ctx.agent_id,
+                        message=f"{ctx.config.model.api_key_env} is not set; calling {ctx.config.model.base_url} "
+                        "without a key (export it if the endpoint needs one)",
+                    )
+                )
+                self._key_missing = False
+            first = True
+            while True:
+                calls = outstanding_calls(ctx.agent.conversation)
+                if calls:
+                    for call in calls:
+                        started = call["id"] in ctx.agent.tool_calls
+                        pending = f"ap-{call['id']}" in ctx.agent.pending
+                        if after_restart and first and started and not pending:
+                            self._answer(call, NOT_RUN_RESTART, ok=False)
+                            continue
+                        await self._handle_call(call)
+                    first = False
+                    continue
+                first = False
+                last = ctx.agent.conversation[-1] if ctx.agent.conversation else None
+                if last is None or last.get("role") == "assistant":
+                    break
+                if ctx.agent.status != "running":
+                    ctx.status("running")
+                reply = await self._call_model()
+                ctx.emit(ev.AssistantMessage(agent=ctx.agent_id, text=reply.text))
+                self._add_history({"role": "assistant", "content": reply.text, "calls": reply.calls})
+                if not reply.calls:
+                    break
+            ctx.status("idle", "turn done")
+        except asyncio.CancelledError:
+            for call in outstanding_calls(ctx.agent.conversation):
+                self._answer(call, self._cancel_reason, ok=False)
+            for fut in self._approvals.values():
+                if not fut.done():
+                    fut.cancel()
+            self._approvals.clear()
+            raise
+        except ModelFailed as exc:
+            ctx.emit(ev.ErrorEvent(agent=ctx.agent_id, message=str(exc), fatal=True))
+            ctx.status("failed", str(exc))
+        except Exception as exc:  # a bug must not leave the agent silently "running"
+            message = f"{type(exc).__name__}: {exc}"
+            ctx.emit(ev.ErrorEvent(agent=ctx.agent_id, message=message, fatal=True))
+            ctx.status("failed", message)
+
+    def _answer(self, call: dict[str, str], output: str, ok: bool, exit_code: int | None = None) -> None:
+        ctx = self.ctx
+        ctx.emit(ev.ToolResult(agent=ctx.agent_id, call_id=call["id"], ok=ok, output=output, exit_code=exit_code))
+        self._add_history({"role": "tool", "call_id": call["id"], "name": call["name"], "output": output})
+
+    async def _handle_call(self, call: dict[str, str]) -> None:
+        ctx = self.ctx
+        name = call["name"]
+        spec = TOOLS.get(name)
+        try:
+            args = json.loads(call["arguments"] or "{}")
+            if not isinstance(args, dict):
+                raise ValueError("arguments are not an object")
+        except ValueError as exc:
+            args = None
+            error = f"invalid JSON arguments for {name}: {exc}"
+        if spec is None:
+            ctx.emit(ev.ToolCall(agent=ctx.agent_id, call_id=call["id"], tool=name, arguments=call["arguments"]))
+            self._answer(call, f"unknown tool {name!r}; the tools are: {', '.join(TOOLS)}", ok=False)
+            return
+        if args is None:
+            ctx.emit(ev.ToolCall(agent=ctx.agent_id, call_id=call["id"], tool=name, arguments=call["arguments"]))
+            self._answer(call, error, ok=False)
+            return
+        kind = spec.kind_of(args)
+        approval_id = f"ap-{call['id']}"
+        restored = approval_id in ctx.agent.pending
+        if not restored and call["id"] not in ctx.agent.tool_calls:
+            ctx.emit(
+                ev.ToolCall(
+                    agent=ctx.agent_id,
+                    call_id=call["id"],
+                    tool=name,
+                    arguments=call["arguments"],
+                    kind=kind,
+                    summary=spec.summary(args),
+                )
+            )
+        command = str(args.get("command", "")) if kind == "command" else ""
+        key = remember_key(name, kind, args)
+        policy = ctx.agent.policy or ctx.config.policy.approve
+        if restored or (
+            needs_approval(policy, kind, command, ctx.config.policy.allow_commands) and key not in ctx.agent.remembered
+        ):
+            if not restored:
+                try:
+                    detail = preview(name, args, self.ws)
+                except Refusal as exc:
+                    ctx.emit(ev.Refused(agent=ctx.agent_id, call_id=call["id"], tool=name, reason=str(exc)))
+                    self._answer(call, f"refused: {exc}", ok=False)
+                    return
+                ctx.emit(
+                    ev.ApprovalRequested(
+                        agent=ctx.agent_id,
+                        approval_id=approval_id,
+                        call_id=call["id"],
+                        tool=name,
+                        kind=kind,
+                        summary=spec.summary(args),
+                        detail=detail,
+                        remember_key=key,
+                    )
+                )
+            ctx.status("waiting", f"{kind}: {spec.summary(args)}"[:200])
+            fut: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+            self._approvals[approval_id] = fut
+            try:
+                decision, reason = await fut
+            finally:
+                self._approvals.pop(approval_id, None)
+            if not ctx.agent.pending:
+                ctx.status("running")
+            if decision == "deny":
+                text = "The engineer denied this call."
+                if reason:
+                    text += f" Their reason: {reason}"
+                self._answer(call, text, ok=False)
+                return
+        await self._run(call, name, args)
+
+    async def _run(self, call: dict[str, str], name: str, args: dict[str, Any]) -> None:
+        ctx = self.ctx
+        cfg = ctx.config.tools
+
+        def on_output(text: str) -> None:
+            ctx.emit(ev.ToolOutput(agent=ctx.agent_id, call_id=call["id"], text=text))
+
+        try:
+            outcome = await run_tool(
+                name,
+                args,
+                self.ws,
+                on_output=on_output,
+                env=safe_env(cfg.pass_env),
+                tools_cfg=cfg,
+                tag=ctx.tag,
+            )
+        except Refusal as exc:
+            ctx.emit(ev.Refused(agent=ctx.agent_id, call_id=call["id"], tool=name, reason=str(exc)))
+            self._answer(call, f"refused: {exc}", ok=False)
+            return
+        self._answer(call, outcome.output, ok=outcome.ok, exit_code=outcome.exit_code)
+
+    # -- the model ---------------------------------------------------------------------------------
+    async def _call_model(self) -> _Reply:
+        cfg = self.ctx.config.model
+        attempt = 0
+        while True:
+            try:
+                reply = await (self._responses() if self.api == "responses" else self._chat())
+            except _Retryable as exc:
+                attempt += 1
+                if attempt > cfg.max_retries:
+                    raise ModelFailed(f"{exc} (gave up after {cfg.max_retries} retries)") from None
+                delay = exc.retry_after
+                if delay is None:
+                    delay = min(cfg.retry_backoff * (2 ** (attempt - 1)), 30.0) * (0.8 + random.random() * 0.4)
+                self.ctx.emit(
+                    ev.ErrorEvent(
+                        agent=self.ctx.agent_id,
+                        message=f"{exc} (retry {attempt} of {cfg.max_retries})",
+                        retry_in=delay,
+                    )
+                )
+                await asyncio.sleep(delay)
+                continue
+            if reply.input_tokens or reply.output_tokens:
+                self.ctx.emit(
+                    ev.Usage(
+                        agent=self.ctx.agent_id,
+                        input_tokens=reply.input_tokens,
+                        output_tokens=reply.output_tokens,
+                    )
+                )
+            return reply
+
+    def _classify(self, exc: Exception) -> Exception:
+        base = self.ctx.config.model.base_url
+        if isinstance(exc, openai.APIStatusError):
+            message = _status_message(base, exc)
+            if exc.status_code == 429 or exc.status_code >= 500 or exc.status_code == 408:
+                retry_after = None
+                with contextlib.suppress(Exception):
+                    header = exc.response.headers.get("retry-after")
+                    if header is not None:
+                        retry_after = max(0.0, float(header))
+                return _Retryable(message, retry_after)
+            if exc.status_code == 401:
+                message += f" (is {self.ctx.config.model.api_key_env} set to a valid key?)"
+            return ModelFailed(message)
+        if isinstance(exc, openai.APITimeoutError):
+            return _Retryable(f"{base} sent nothing for {self.ctx.config.model.timeout:.0f}s (stalled)")
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            return _Retryable(f"cannot reach {base}: {cause}")
+        if isinstance(exc, ValueError):  # malformed JSON in the stream
+            return _Retryable(f"{base} sent a malformed response: {exc}")
+        if isinstance(exc, openai.APIError):
+            return _Retryable(f"{base}: {exc}")
+        return _Retryable(f"{base}: the stream broke ({type(exc).__name__}: {exc})")
+
+    async def _responses(self) -> _Reply:
+        reply = _Reply()
+        emit, agent_id = self.ctx.emit, self.ctx.agent_id
+        try:
+            stream = await self.client.responses.create(
+                model=self.model,
+                instructions=self.system,
+                input=to_responses_input(self.ctx.agent.conversation),  # type: ignore[arg-type]
+                tools=openai_tools("responses"),  # type: ignore[arg-type]
+                stream=True,
+            )
+            completed = False
+            async for event in stream:
+                etype = getattr(event, "type", "")
+                if etype == "response.output_text.delta":
+                    reply.text += event.delta
+                    emit(ev.TextDelta(agent=agent_id, text=event.delta))
+                elif etype == "response.output_item.done":
+                    item = event.item
+                    if getattr(item, "type", "") == "function_call":
+                        reply.calls.append({"id": item.call_id, "name": item.name, "arguments": item.arguments or ""})
+                elif etype == "response.completed":
+                    completed = True
+                    usage = getattr(event.response, "usage", None)
+                    if usage is not None:
+                        reply.input_tokens = usage.input_tokens or 0
+                        reply.output_tokens = usage.output_tokens or 0
+                elif etype in ("response.failed", "error"):
+                    err = getattr(getattr(event, "response", None), "error", None) or getattr(event, "message", "")
+                    raise _Retryable(f"{self.ctx.config.model.base_url} reported: {err}")
+        except (_Retryable, ModelFailed, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise self._classify(exc) from None
+        if not completed:
+            raise _Retryable(f"{self.ctx.config.model.base_url}: the stream ended before the response completed")
+        return reply
+
+    async def _chat(self) -> _Reply:
+        reply = _Reply()
+        emit, agent_id = self.ctx.emit, self.ctx.agent_id
+        calls: dict[int, dict[str, str]] = {}
+        finished = False
+        try:
+            stream = await self.client.chat.completions.create(
+                model=self.model,
+                messages=to_chat_messages(self.system, self.ctx.agent.conversation),  # type: ignore[arg-type]
+                tools=openai_tools("chat"),  # type: ignore[arg-type]
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    reply.input_tokens = chunk.usage.prompt_tokens or 0
+                    reply.output_tokens = chunk.usage.completion_tokens or 0
+                for choice in chunk.choices or []:
+                    delta = choice.delta
+                    if delta is not None and delta.content:
+                        reply.text += delta.content
+                        emit(ev.TextDelta(agent=agent_id, text=delta.content))
+                    for tc in (delta.tool_calls if delta is not None else None) or []:
+                        slot = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                        if tc.id:
+                            slot["id"] = tc.id
+                        if tc.function is not None:
+                            if tc.function.name:
+                                slot["name"] += tc.function.name
+                            if tc.function.arguments:
+                                slot["arguments"] += tc.function.arguments
+                    if choice.finish_reason:
+                        finished = True
+        except (_Retryable, ModelFailed, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise self._classify(exc) from None
+        if not finished:
+            raise _Retryable(f"{self.ctx.config.model.base_url}: the stream ended before the answer was finished")
+        for index in sorted(calls):
+            call = calls[index]
+            if not call["id"]:
+                call["id"] = f"call_{index}_{random.randrange(1 << 30):x}"
+            reply.calls.append(call)
+        return reply

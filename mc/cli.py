@@ -1,0 +1,382 @@
+"""`missionctl` / `python -m mc`: the command line.
+
+missionctl                      open mission control on the fleet of the repository here
+missionctl --monitor            follow that fleet read-only (beside an interactive session)
+missionctl demo                 a whole fleet against the built-in scripted model (no key, no network)
+missionctl run [--headless]     start the agents of the config
+missionctl init                 write a starter config
+missionctl ls [--json]          the fleet, from its state on disk
+missionctl merge NAME           land an agent's work on its base branch
+missionctl discard NAME         remove an agent's worktree and branch (a snapshot ref is kept)
+missionctl doctor               check git, the config, the endpoint and the worktree folder
+missionctl scripted-server      serve a scripted scenario as an OpenAI-compatible endpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mc.config import Config, ConfigError, find_config, load_config, starter_config
+
+
+class CliError(Exception):
+    """Printed as `missionctl: <message>` with exit status 2."""
+
+
+def _git_toplevel(path: Path) -> Path | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False
+        )
+    except OSError:
+        return None
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+
+
+def resolve_config(config_path: str | None, cwd: Path | None = None) -> Config:
+    """The config named by --config, or the one of the repository here, or defaults for the repository here."""
+    here = cwd or Path.cwd()
+    if config_path:
+        return load_config(config_path)
+    found = find_config(here)
+    if found is not None:
+        return load_config(found)
+    cfg = Config()
+    top = _git_toplevel(here)
+    cfg.repo.path = str(top or here)
+    return cfg
+
+
+def _open_fleet(cfg: Config, readonly: bool = False) -> Any:
+    from mc.fleet import Fleet
+
+    return Fleet(cfg, readonly=readonly)
+
+
+# -- subcommands -----------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.path or "missionctl.toml")
+    if target.exists() and not args.force:
+        raise CliError(f"{target} exists already: edit it, or pass --force to overwrite it")
+    text = starter_config(repo=".", model=args.model, base_url=args.base_url or "")
+    target.write_text(text)
+    print(f"wrote {target}: edit the [[agents]] tables, then run `missionctl run`")
+    return 0
+
+
+def _event_json(event: Any) -> str:
+    return json.dumps(event.to_dict(), ensure_ascii=False, default=str)
+
+
+async def _run_headless(cfg: Config, out: Any = None) -> int:
+    from mc import events as ev
+    from mc.fleet import Fleet
+
+    out = out or sys.stdout
+    fleet = Fleet(cfg)
+    await fleet.open()
+
+    def show(event: ev.Event) -> None:
+        if event.type in ("conversation", "runner_state"):
+            return
+        out.write(_event_json(event) + "\n")
+        out.flush()
+
+    fleet.add_listener(show)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await fleet.spawn_configured()
+        waiter = asyncio.create_task(fleet.wait_settled())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (waiter, stopper):
+            task.cancel()
+    finally:
+        await fleet.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    failed = [a.name for a in fleet.list() if a.status == "failed"]
+    waiting = [a.name for a in fleet.list() if a.pending]
+    if waiting:
+        sys.stderr.write(f"missionctl: waiting for your decision: {', '.join(waiting)} (open `missionctl` to answer)\n")
+    return 1 if failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args.config)
+    if args.headless:
+        return asyncio.run(_run_headless(cfg))
+    return _tui(cfg, spawn_configured=True)
+
+
+def _tui(cfg: Config, **kwargs: Any) -> int:
+    try:
+        from mc.tui.app import run_tui
+    except ImportError as exc:  # pragma: no cover - the TUI ships with the package
+        raise CliError(f"the terminal UI cannot start ({exc}): use `missionctl run --headless`") from None
+    return run_tui(cfg, **kwargs)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mc.demo import start_demo
+
+    demo = start_demo(Path(args.dir) if args.dir else None)
+    try:
+        if args.headless:
+            print(f"demo repository: {demo.repo}", file=sys.stderr)
+            return asyncio.run(_run_headless(demo.config))
+        return _tui(demo.config, spawn_configured=True, demo=demo)
+    finally:
+        demo.stop(remove=not (args.keep or args.dir))
+
+
+async def _ls(cfg: Config) -> list[dict[str, Any]]:
+    fleet = _open_fleet(cfg, readonly=True)
+    fleet._restore()
+    rows = []
+    for a in fleet.list():
+        rows.append(
+            {
+                "name": a.name,
+                "status": a.status,
+                "runner": a.runner,
+                "branch": a.branch,
+                "worktree": a.worktree,
+                "files_changed": a.files_changed,
+                "added": a.lines_added,
+                "removed": a.lines_removed,
+                "tokens": a.tokens,
+                "pending": len(a.pending),
+                "task": a.task,
+            }
+        )
+    fleet.repo.close()
+    return rows
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args.config)
+    rows = asyncio.run(_ls(cfg))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no agents yet: start some with `missionctl run` or `missionctl` (n)")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'NAME':<{width}}  {'STATUS':<11} {'FILES':>5} {'+/-':>11} {'TOKENS':>8}  BRANCH")
+    for r in rows:
+        pm = f"+{r['added']}/-{r['removed']}"
+        status = r["status"] + ("*" if r["pending"] else "")
+        print(f"{r['name']:<{width}}  {status:<11} {r['files_changed']:>5} {pm:>11} {r['tokens']:>8}  {r['branch']}")
+    return 0
+
+
+async def _merge(cfg: Config, name: str, mode: str | None, message: str | None) -> int:
+    fleet = _open_fleet(cfg)
+    await fleet.open()
+    try:
+        agent = fleet.get(name)
+        result = await fleet.merge(agent.id, mode=mode, message=message)
+    finally:
+        await fleet.close()
+    if not result.ok:
+        files = ", ".join(result.conflicts) or "?"
+        print(f"missionctl: merge of {name} conflicts in {files}: nothing changed; {result.message}", file=sys.stderr)
+        return 1
+    print(f"merged {name} into {agent.base_ref} ({result.mode}): {result.commit[:12]}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    return asyncio.run(_merge(resolve_config(args.config), args.name, args.mode, args.message))
+
+
+async def _discard(cfg: Config, name: str) -> int:
+    fleet = _open_fleet(cfg)
+    await fleet.open()
+    try:
+        agent = fleet.get(name)
+        ref = await fleet.discard(agent.id)
+    finally:
+        await fleet.close()
+    print(f"discarded {name}; its work is kept at {ref} (git worktree add -b NEW PATH {ref} brings it back)")
+    return 0
+
+
+def cmd_discard(args: argparse.Namespace) -> int:
+    return asyncio.run(_discard(resolve_config(args.config), args.name))
+
+
+def _check(ok: bool, label: str, detail: str) -> bool:
+    print(f"{'ok  ' if ok else 'FAIL'}  {label}: {detail}")
+    return ok
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mc.git import GitError, Repo
+
+    good = True
+    git = shutil.which("git")
+    if git:
+        version = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()
+        good &= _check(True, "git", version)
+    else:
+        good &= _check(False, "git", "not found on PATH: install git")
+    try:
+        cfg = resolve_config(args.config)
+        good &= _check(True, "config", cfg.source or "none found; defaults for the repository here")
+    except ConfigError as exc:
+        _check(False, "config", str(exc))
+        return 1
+    repo = None
+    try:
+        repo = Repo(cfg.repo_path())
+        branch = cfg.repo.base or repo.current_branch() or "(detached HEAD)"
+        good &= _check(True, "repository", f"{repo.root} (base {branch})")
+        if cfg.repo.base:
+            repo.resolve(cfg.repo.base)
+    except GitError as exc:
+        good &= _check(False, "repository", str(exc))
+    if repo is not None:
+        from mc.fleet import Fleet
+
+        fleet = Fleet(cfg, readonly=True)
+        wt = fleet.worktree_dir
+        probe = wt if wt.exists() else wt.parent
+        writable = probe.exists() and os.access(probe, os.W_OK)
+        good &= _check(
+            writable, "worktree folder", f"{wt}" + ("" if writable else ": not writable; set [repo] worktree_dir")
+        )
+        owner = fleet.store.owner_pid() if fleet.store.is_owned_elsewhere() else None
+        _check(True, "fleet", f"owned by process {owner}" if owner else "not running")
+        repo.close()
+    good &= _doctor_endpoint(cfg)
+    from mc.tools import sandbox_available
+
+    ok, why = sandbox_available()
+    if cfg.tools.sandbox == "bwrap":
+        good &= _check(ok, "sandbox", why)
+    else:
+        _check(True, "sandbox", f'off ([tools] sandbox = "none"); bubblewrap: {why}')
+    return 0 if good else 1
+
+
+def _doctor_endpoint(cfg: Config) -> bool:
+    import urllib.error
+    import urllib.request
+
+    needs_key = bool(cfg.model.api_key_env)
+    key = os.environ.get(cfg.model.api_key_env, "") if needs_key else ""
+    if needs_key and not key:
+        _check(False, "api key", f"{cfg.model.api_key_env} is not set: export it (or set [model] api_key_env)")
+    elif needs_key:
+        _check(True, "api key", f"{cfg.model.api_key_env} is set")
+    url = cfg.model.base_url.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5.0):
+            pass
+    except urllib.error.HTTPError as exc:
+        return _check(False, "endpoint", f"{url} answered HTTP {exc.code}: check [model] base_url and the key")
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return _check(False, "endpoint", f"{cfg.model.base_url} unreachable ({reason}): check [model] base_url")
+    return _check(True, "endpoint", f"{cfg.model.base_url} answers (model {cfg.model.model}, api {cfg.model.api})")
+
+
+def cmd_scripted_server(args: argparse.Namespace) -> int:
+    from mc.scripted.server import main as server_main
+
+    argv = ["--scenario", args.scenario, "--port", str(args.port), "--host", args.host]
+    return server_main(argv)
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    cfg = resolve_config(args.config)
+    return _tui(cfg, monitor=args.monitor)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="missionctl", description="Mission control for a fleet of coding agents, each in its own git worktree."
+    )
+    parser.add_argument("--config", "-c", help="config file (default: missionctl.toml of the repository here)")
+    parser.add_argument("--monitor", action="store_true", help="follow the fleet read-only")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("demo", help="run a demo fleet against the built-in scripted model")
+    p.add_argument("--headless", action="store_true", help="print events as JSON lines instead of the UI")
+    p.add_argument("--dir", help="make the demo repository here (kept afterwards)")
+    p.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="start the agents of the config")
+    p.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
+    p.add_argument("--headless", action="store_true", help="no UI: one JSON line per event on stdout")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("init", help="write a starter config")
+    p.add_argument("path", nargs="?", help="where (default missionctl.toml)")
+    p.add_argument("--model", default="gpt-5-mini")
+    p.add_argument("--base-url", default="")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("ls", help="list the fleet")
+    p.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("merge", help="land an agent's work on its base branch")
+    p.add_argument("name")
+    p.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=["ff", "merge", "squash"])
+    p.add_argument("--message", "-m")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("discard", help="remove an agent's worktree and branch (a snapshot is kept)")
+    p.add_argument("name")
+    p.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_discard)
+
+    p = sub.add_parser("doctor", help="check git, the config, the endpoint and the worktree folder")
+    p.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("scripted-server", help="serve a scenario as an OpenAI-compatible endpoint")
+    p.add_argument("--scenario", required=True)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=cmd_scripted_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", cmd_open)
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from mc.fleet import FleetError
+        from mc.store import StoreError
+
+        if isinstance(exc, (CliError, ConfigError, FleetError, StoreError)):
+            print(f"missionctl: {exc}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,680 @@
+"""The Fleet: owns the agents; the one API the TUI, the CLI (and later a daemon) talk to.
+
+Every command is a coroutine that runs on the caller's event loop; git, disk and process work goes to
+threads. Every event is appended to its agent's log on disk first, folded into the agent's state, and
+then handed to every subscriber. A read-only fleet (a monitor) follows the logs of a fleet owned by
+another process instead, and refuses commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from mc import events as ev
+from mc import procs
+from mc.agent import Agent, replay
+from mc.agents import make_runner
+from mc.agents.base import Runner, RunnerContext, RunnerError
+from mc.config import AgentConfig, Config
+from mc.git import Diff as Diff
+from mc.git import DiffScheduler, GitError, MergeResult, Repo
+from mc.store import FleetLocked, Store, StoreError
+from mc.watch import WorktreeWatcher
+
+__all__ = ["Diff", "Fleet", "FleetError", "FleetLocked", "MergeResult"]
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: Statuses in which an agent's work may be merged or discarded.
+SETTLED = frozenset({"idle", "interrupted", "failed", "killed"})
+
+
+class FleetError(Exception):
+    """A command the fleet cannot carry out, as one line naming the problem and the fix."""
+
+
+Listener = Callable[[ev.Event], None]
+
+
+class Fleet:
+    """All agents of one repository."""
+
+    def __init__(self, config: Config, *, readonly: bool = False, state_dir: Path | None = None) -> None:
+        self.config = config
+        self.readonly = readonly
+        try:
+            self.repo = Repo(config.repo_path())
+        except GitError as exc:
+            raise FleetError(str(exc)) from None
+        self.root = self.repo.root
+        self.state_dir = Path(state_dir) if state_dir else self.root / ".mc"
+        self.store = Store(self.state_dir)
+        self.agents: dict[str, Agent] = {}
+        self.specs: dict[str, AgentConfig] = {}
+        self.diffs: dict[str, Diff] = {}
+        self.base_branch = ""
+        self._runners: dict[str, Runner] = {}
+        self._listeners: list[Listener] = []
+        self._queues: list[asyncio.Queue[ev.Event]] = []
+        self._offsets: dict[str, int] = {}
+        self._tail_task: asyncio.Task[None] | None = None
+        self._settled = asyncio.Event()
+        self._opened = False
+        self._lock = asyncio.Lock()
+        self.diff_scheduler: DiffScheduler | None = None
+        self.watcher: WorktreeWatcher | None = None
+        self._fleet_key = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
+
+    # -- life cycle ------------------------------------------------------------------------------
+    @property
+    def worktree_dir(self) -> Path:
+        configured = self.config.repo.worktree_dir
+        if configured:
+            base = Path(self.config.source).parent if self.config.source else self.root
+            return (base / os.path.expanduser(configured)).resolve()
+        return self.root.parent / f"{self.root.name}.mc-worktrees"
+
+    async def open(self) -> None:
+        """Take ownership (or follow, when read-only), rebuild every agent from disk, start watching."""
+        if self._opened:
+            return
+        if not self.readonly:
+            try:
+                self.store.acquire()
+            except FleetLocked:
+                raise
+            except OSError as exc:
+                raise FleetError(f"cannot create the state folder {self.state_dir}: {exc}") from None
+            await asyncio.to_thread(self.repo.exclude, "/.mc/")
+            procs.enable_subreaper()
+        try:
+            self.base_branch = self.config.repo.base or (self.repo.current_branch() or "")
+            self._restore()
+        except StoreError as exc:
+            self.store.release()
+            raise FleetError(str(exc)) from None
+        self.diff_scheduler = DiffScheduler(on_diff=self._on_diff, on_error=self._on_diff_error)
+        self.watcher = WorktreeWatcher(on_change=self._on_worktree_change)
+        await self.watcher.start()
+        for agent in self.agents.values():
+            if agent.worktree and Path(agent.worktree).is_dir() and agent.status not in ("merged", "discarded"):
+                self.watcher.add(agent.id, Path(agent.worktree))
+                self.request_diff(agent.id)
+        if self.readonly:
+            self._tail_task = asyncio.get_running_loop().create_task(self._tail())
+        else:
+            await self._revive()
+        self._opened = True
+        self._update_settled()
+
+    def _restore(self) -> None:
+        state = self.store.load_state()
+        ids = list(state.get("agents", {}))
+        ids += [i for i in self.store.agent_ids_on_disk() if i not in ids]
+        for agent_id in ids:
+            events, offset = self.store.read_events(agent_id)
+            if not events:
+                continue
+            self.agents[agent_id] = replay(agent_id, events)
+            self._offsets[agent_id] = offset
+            meta = state.get("agents", {}).get(agent_id, {})
+            agent = self.agents[agent_id]
+            self.specs[agent_id] = AgentConfig(
+                name=agent.name,
+                task=agent.task,
+                runner=agent.runner,
+                model=agent.model,
+                policy=agent.policy,
+                command=str(meta.get("command", "")),
+                base=agent.base_ref,
+            )
+
+    async def _revive(self) -> None:
+        """After a restart: leftover processes die, mid-turn agents become interrupted, pending approvals wait."""
+        for agent in self.agents.values():
+            if agent.status in ev.FINAL_STATUSES and agent.status != "failed":
+                continue
+            await asyncio.to_thread(procs.kill_tagged, self._tag(agent.id))
+            if agent.status in ("starting", "running"):
+                self.emit(
+                    ev.StatusChanged(
+                        agent=agent.id,
+                        status="interrupted",
+                        previous=agent.status,
+                        reason="mission control stopped while it ran; resume it with one key",
+                    )
+                )
+            elif agent.status == "waiting":
+                if agent.pending:
+                    runner = self._runner(agent.id)
+                    await runner.restore()
+                else:
+                    self.emit(ev.StatusChanged(agent=agent.id, status="interrupted", previous="waiting"))
+        self._save_state()
+
+    async def close(self) -> None:
+        """Stop runners and watchers and release the fleet. State stays on disk for the next start."""
+        if self._tail_task is not None:
+            self._tail_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tail_task
+        for agent_id, runner in list(self._runners.items()):
+            agent = self.agents[agent_id]
+            was = agent.status
+            with contextlib.suppress(Exception):
+                await runner.kill()
+            await asyncio.to_thread(procs.kill_tagged, self._tag(agent_id))
+            if was in ("starting", "running") and not self.readonly:
+                self.emit(
+                    ev.StatusChanged(
+                        agent=agent_id,
+                        status="interrupted",
+                        previous=was,
+                        reason="mission control was closed while it ran; resume it with one key",
+                    )
+                )
+        self._runners.clear()
+        if self.watcher is not None:
+            await self.watcher.stop()
+        if self.diff_scheduler is not None:
+            await self.diff_scheduler.close()
+        if not self.readonly and self._opened:
+            self._save_state()
+        self.store.close()
+        self.repo.close()
+        self._opened = False
+
+    async def __aenter__(self) -> Fleet:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- events ----------------------------------------------------------------------------------
+    def emit(self, event: ev.Event) -> None:
+        """Log an event: on disk first, then into the agent's state, then to every subscriber."""
+        if self.readonly:
+            raise FleetError("this fleet is open read-only (a monitor): it cannot change anything")
+        self.store.append(event)
+        self._deliver(event)
+        if isinstance(event, ev.StatusChanged):
+            self._save_state()
+            self._update_settled()
+
+    def _deliver(self, event: ev.Event) -> None:
+        agent = self.agents.get(event.agent)
+        if agent is None:
+            agent = self.agents[event.agent] = Agent(id=event.agent)
+        agent.apply(event)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken view must not stop the fleet
+                continue
+        for queue in self._queues:
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(event)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call `listener(event)` on the event loop for every event from now on."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    async def subscribe(self, maxsize: int = 100_000) -> AsyncIterator[ev.Event]:
+        """Every event from now on, as an async iterator (bounded: the oldest are dropped when it lags)."""
+        queue: asyncio.Queue[ev.Event] = asyncio.Queue(maxsize=maxsize)
+        self._queues.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.remove(queue)
+
+    async def _tail(self) -> None:
+        """Monitor mode: follow the event logs another process writes."""
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                ids = await asyncio.to_thread(self.store.agent_ids_on_disk)
+                for agent_id in ids:
+                    events, offset = await asyncio.to_thread(
+                        self.store.read_events, agent_id, self._offsets.get(agent_id, 0)
+                    )
+                    self._offsets[agent_id] = offset
+                    for event in events:
+                        new = agent_id not in self.agents
+                        self._deliver(event)
+                        if new and self.watcher and self.agents[agent_id].worktree:
+                            self.watcher.add(agent_id, Path(self.agents[agent_id].worktree))
+                        if isinstance(event, ev.DiffChanged):
+                            self.request_diff(agent_id)
+                        if isinstance(event, ev.StatusChanged):
+                            self._update_settled()
+            except Exception:
+                continue
+
+    @property
+    def owner_pid(self) -> int | None:
+        return self.store.owner_pid()
+
+    # -- queries ---------------------------------------------------------------------------------
+    def list(self) -> list[Agent]:
+        return list(self.agents.values())
+
+    def get(self, name_or_id: str) -> Agent:
+        """An agent by id or name, or FleetError naming the agents there are."""
+        agent = self.agents.get(name_or_id)
+        if agent is None:
+            agent = next((a for a in self.agents.values() if a.name == name_or_id), None)
+        if agent is None:
+            names = ", ".join(a.name for a in self.agents.values()) or "none yet"
+            raise FleetError(f"no agent named {name_or_id!r} in this fleet (agents: {names})")
+        return agent
+
+    def needing_decision(self) -> list[Agent]:
+        """Agents with a pending approval, the oldest question first."""
+        waiting = [a for a in self.agents.values() if a.pending]
+        return sorted(waiting, key=lambda a: a.waiting_since)
+
+    def next_needing_decision(self, after: str | None = None) -> Agent | None:
+        """The agent to look at next: the oldest waiting one, cycling past `after`."""
+        waiting = self.needing_decision()
+        if not waiting:
+            return None
+        ids = [a.id for a in waiting]
+        if after in ids:
+            return waiting[(ids.index(after) + 1) % len(waiting)]
+        return waiting[0]
+
+    def diff(self, agent_id: str) -> Diff | None:
+        return self.diffs.get(agent_id)
+
+    def settled(self) -> bool:
+        """True when no agent is starting or running (each is idle, waiting, done or failed)."""
+        return all(a.status not in ("starting", "running") for a in self.agents.values())
+
+    async def wait_settled(self, timeout: float | None = None) -> bool:
+        """Wait until `settled()`. Returns False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.settled():
+            self._settled.clear()
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if remaining == 0.0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), timeout=min(remaining or 1.0, 1.0))
+        return True
+
+    def _update_settled(self) -> None:
+        if self.settled():
+            self._settled.set()
+        else:
+            self._settled.clear()
+
+    # -- commands --------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise FleetError(f"this is a monitor: the fleet is driven by process {self.owner_pid or '?'}; decide there")
+
+    def _tag(self, agent_id: str) -> str:
+        return f"mc-{self._fleet_key}-{agent_id}"
+
+    async def spawn_configured(self) -> list[Agent]:
+        """Spawn every agent of the config that this fleet does not have yet."""
+        spawned = []
+        for spec in self.config.agents:
+            if spec.name in self.agents:
+                continue
+            spawned.append(await self.spawn(spec))
+        return spawned
+
+    async def spawn(self, spec: AgentConfig) -> Agent:
+        """Create the agent's worktree and branch, and start it on its task."""
+        self._check_writable()
+        name = spec.name
+        if not NAME_RE.fullmatch(name):
+            raise FleetError(f"agent name {name!r}: use letters, digits, '.', '_' or '-' (it becomes a branch name)")
+        if name in self.agents:
+            raise FleetError(f"an agent named {name!r} already exists in this fleet: pick another name")
+        if not spec.task.strip():
+            raise FleetError(f"agent {name!r} has no task: give it one")
+        base_ref = spec.base or self.base_branch
+        if not base_ref:
+            raise FleetError("the repository has no current branch (detached HEAD): set [repo] base to a branch")
+        worktree = self.worktree_dir / name
+        branch = f"mc/{name}"
+
+        def create() -> tuple[str, bool]:
+            commit = self.repo.resolve(base_ref)
+            dirty = self.repo.current_branch() == base_ref and self.repo.is_dirty()
+            worktree.parent.mkdir(parents=True, exist_ok=True)
+            self.repo.add_worktree(worktree, branch, commit)
+            return commit, dirty
+
+        async with self._lock:
+            try:
+                base_commit, dirty = await asyncio.to_thread(create)
+            except GitError as exc:
+                raise FleetError(str(exc)) from None
+            except OSError as exc:
+                raise FleetError(
+                    f"cannot create the worktree folder {worktree.parent}: {exc.strerror}: "
+                    "set [repo] worktree_dir to a writable folder"
+                ) from None
+            self.specs[name] = spec
+            self.emit(
+                ev.AgentCreated(
+                    agent=name,
+                    name=name,
+                    task=spec.task,
+                    runner=spec.runner,
+                    model=spec.model or (self.config.model.model if spec.runner == "builtin" else ""),
+                    policy=spec.policy or self.config.policy.approve,
+                    branch=branch,
+                    worktree=str(worktree),
+                    base_ref=base_ref,
+                    base_commit=base_commit,
+                )
+            )
+        if dirty:
+            self.emit(
+                ev.ErrorEvent(
+                    agent=name,
+                    message=f"note: {base_ref} has uncommitted changes in {self.root}; the agent starts from "
+                    f"{base_commit[:10]} without them (commit them first to share them)",
+                )
+            )
+        self.emit(ev.StatusChanged(agent=name, status="starting", previous=""))
+        if self.watcher is not None:
+            self.watcher.add(name, worktree)
+        try:
+            runner = self._runner(name)
+            await runner.start(spec.task)
+        except Exception as exc:
+            self.emit(ev.ErrorEvent(agent=name, message=str(exc), fatal=True))
+            self.emit(ev.StatusChanged(agent=name, status="failed", reason=str(exc)))
+        return self.agents[name]
+
+    def _runner(self, agent_id: str) -> Runner:
+        runner = self._runners.get(agent_id)
+        if runner is None:
+            agent = self.agents[agent_id]
+            spec = self.specs.get(agent_id) or AgentConfig(name=agent.name, task=agent.task, runner=agent.runner)
+            ctx = RunnerContext(
+                agent=agent,
+                config=self.config,
+                spec=spec,
+                worktree=Path(agent.worktree),
+                emit=self.emit,
+                tag=self._tag(agent_id),
+            )
+            try:
+                runner = make_runner(agent.runner, ctx)
+            except RunnerError as exc:
+                raise FleetError(str(exc)) from None
+            self._runners[agent_id] = runner
+        return runner
+
+    def _pending(self, agent: Agent, approval_id: str | None) -> ev.ApprovalRequested:
+        req = agent.pending.get(approval_id) if approval_id else agent.oldest_pending()
+        if req is None:
+            raise FleetError(f"{agent.name} has no pending approval{' ' + approval_id if approval_id else ''}")
+        return req
+
+    async def approve(self, agent_id: str, approval_id: str | None = None, *, remember: bool = False) -> None:
+        """Let a waiting call run. With remember, calls of the same kind run without asking from now on."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        req = self._pending(agent, approval_id)
+        runner = self._runner(agent.id)
+        decision = "approve_all" if remember else "approve"
+        self.emit(ev.ApprovalResolved(agent=agent.id, approval_id=req.approval_id, decision=decision))
+        await self._resolve(runner, agent, req, decision, "")
+
+    async def deny(self, agent_id: str, approval_id: str | None = None, reason: str = "") -> None:
+        """Refuse a waiting call; the model receives the refusal and the reason."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        req = self._pending(agent, approval_id)
+        runner = self._runner(agent.id)
+        self.emit(ev.ApprovalResolved(agent=agent.id, approval_id=req.approval_id, decision="deny", reason=reason))
+        await self._resolve(runner, agent, req, "deny", reason)
+
+    async def _resolve(self, runner: Runner, agent: Agent, req: ev.ApprovalRequested, decision: str, reason: str):
+        try:
+            await runner.resolve(req.approval_id, decision, reason)
+        except RunnerError:
+            # the runner forgot the question (it was restarted): let it pick the conversation up again
+            await runner.restore()
+            await asyncio.sleep(0)
+            with contextlib.suppress(RunnerError):
+                await runner.resolve(req.approval_id, decision, reason)
+
+    def _cancel_pending(self, agent: Agent, reason: str) -> None:
+        for req in list(agent.pending.values()):
+            self.emit(ev.ApprovalResolved(agent=agent.id, approval_id=req.approval_id, decision="deny", reason=reason))
+
+    async def redirect(self, agent_id: str, text: str) -> None:
+        """Give a new instruction: the current turn stops and the conversation goes on with it."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        if not text.strip():
+            raise FleetError("an empty instruction: type what the agent should do instead")
+        if agent.status in ("merged", "discarded"):
+            raise FleetError(f"{agent.name} is {agent.status}: start a new agent instead")
+        if agent.status == "killed" and not Path(agent.worktree).is_dir():
+            raise FleetError(f"{agent.name} was killed and its worktree is gone: start a new agent instead")
+        self._cancel_pending(agent, "the engineer gave a new instruction instead")
+        self.emit(ev.UserMessage(agent=agent.id, text=text, redirect=True))
+        try:
+            await self._runner(agent.id).send(text)
+        except RunnerError as exc:
+            raise FleetError(str(exc)) from None
+
+    async def interrupt(self, agent_id: str) -> None:
+        """Stop the current turn; the agent stays, resumable."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        if agent.status not in ev.ACTIVE_STATUSES:
+            raise FleetError(f"{agent.name} is {agent.status}, not running: nothing to interrupt")
+        self._cancel_pending(agent, "the engineer interrupted the turn")
+        await self._runner(agent.id).interrupt()
+        await asyncio.to_thread(procs.kill_tagged, self._tag(agent.id))
+        if agent.status != "interrupted":
+            self.emit(ev.StatusChanged(agent=agent.id, status="interrupted", previous=agent.status))
+
+    async def resume(self, agent_id: str) -> None:
+        """Continue an interrupted (or failed) agent from its conversation."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        if agent.status not in ("interrupted", "failed"):
+            raise FleetError(f"{agent.name} is {agent.status}: only an interrupted or failed agent resumes")
+        if not Path(agent.worktree).is_dir():
+            raise FleetError(f"{agent.name}'s worktree {agent.worktree} is gone: it cannot resume")
+        self.emit(ev.StatusChanged(agent=agent.id, status="running", previous=agent.status, reason="resumed"))
+        await self._runner(agent.id).resume()
+
+    async def kill(self, agent_id: str, *, discard: bool = False) -> None:
+        """Stop the agent and every process it started; keep its worktree unless discard."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        if agent.status in ("merged", "discarded"):
+            raise FleetError(f"{agent.name} is {agent.status}: nothing to kill")
+        runner = self._runners.pop(agent.id, None)
+        if runner is not None:
+            await runner.kill()
+        await asyncio.to_thread(procs.kill_tagged, self._tag(agent.id))
+        if agent.status != "killed":
+            self._cancel_pending(agent, "the agent was killed")
+            self.emit(
+                ev.StatusChanged(agent=agent.id, status="killed", previous=agent.status, reason="by the engineer")
+            )
+        if discard:
+            await self.discard(agent.id)
+
+    async def merge(self, agent_id: str, mode: str | None = None, message: str | None = None) -> MergeResult:
+        """Commit the agent's work in its worktree and land it on its base branch (ff, merge or squash).
+
+        A conflict is reported (MergeConflict) and changes nothing: not the base branch, not the
+        engineer's working tree."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        if agent.status in ev.ACTIVE_STATUSES:
+            raise FleetError(f"{agent.name} is {agent.status}: interrupt it (or let it finish) before merging")
+        if agent.status in ("merged", "discarded"):
+            raise FleetError(f"{agent.name} is already {agent.status}")
+        mode = mode or self.config.repo.merge
+        if mode not in ("ff", "merge", "squash"):
+            raise FleetError(f"merge mode {mode!r}: use ff, merge or squash")
+        if not self.repo.branch_exists(agent.base_ref):
+            raise FleetError(f"{agent.name} started from {agent.base_ref!r}, which is not a branch: merge it by hand")
+        title = agent.task.strip().splitlines()[0] if agent.task.strip() else agent.name
+        msg = (
+            message
+            or f"{agent.name}: {title[:60]}\n\n{agent.task.strip()}\n\nMerged by missionctl from {agent.branch}."
+        )
+        worktree = Path(agent.worktree)
+
+        def work() -> tuple[str | None, MergeResult]:
+            commit = self.repo.commit_all(worktree, msg) if worktree.is_dir() else None
+            result = self.repo.merge(agent.branch, agent.base_ref, mode, msg)
+            return commit, result
+
+        async with self._lock:
+            try:
+                commit, result = await asyncio.to_thread(work)
+            except GitError as exc:
+                raise FleetError(str(exc)) from None
+            if commit:
+                self.emit(ev.Committed(agent=agent.id, commit=commit, message=msg))
+            if not result.ok:
+                self.emit(ev.MergeConflict(agent=agent.id, files=tuple(result.conflicts), message=result.message))
+                return result
+            self.emit(ev.Merged(agent=agent.id, mode=mode, commit=result.commit or "", into=agent.base_ref))
+            self.emit(ev.StatusChanged(agent=agent.id, status="merged", previous=agent.status))
+            self._runners.pop(agent.id, None)
+            if self.watcher is not None:
+                self.watcher.remove(agent.id)
+            with contextlib.suppress(GitError):
+                await asyncio.to_thread(self.repo.remove_worktree, worktree, force=False)
+        return result
+
+    async def discard(self, agent_id: str) -> str:
+        """Remove the agent's worktree and branch, after keeping a snapshot ref of everything in it.
+
+        Returns the snapshot ref (`git worktree add -b NAME PATH REF` brings the work back)."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        if agent.status in ("merged", "discarded"):
+            raise FleetError(f"{agent.name} is already {agent.status}")
+        if agent.id in self._runners:
+            runner = self._runners.pop(agent.id)
+            await runner.kill()
+        await asyncio.to_thread(procs.kill_tagged, self._tag(agent.id))
+        ref = f"refs/mc/snapshots/{agent.id}-{time.strftime('%Y%m%d-%H%M%S')}"
+        worktree = Path(agent.worktree)
+
+        def work() -> str:
+            snap = ""
+            if worktree.is_dir():
+                snap = self.repo.snapshot(worktree, ref, f"missionctl snapshot of {agent.name} before discard")
+            elif self.repo.branch_exists(agent.branch):
+                snap = self.repo.resolve(agent.branch)
+                self.repo.update_ref(ref, snap)
+            if worktree.is_dir():
+                self.repo.remove_worktree(worktree, force=True)
+            if self.repo.branch_exists(agent.branch):
+                self.repo.delete_branch(agent.branch)
+            return snap
+
+        async with self._lock:
+            if self.watcher is not None:
+                self.watcher.remove(agent.id)
+            try:
+                snap = await asyncio.to_thread(work)
+            except GitError as exc:
+                raise FleetError(f"discard of {agent.name} stopped, nothing lost: {exc}") from None
+            self._cancel_pending(agent, "the agent was discarded")
+            self.emit(ev.Discarded(agent=agent.id, snapshot_ref=ref if snap else "", snapshot_commit=snap))
+            self.emit(ev.StatusChanged(agent=agent.id, status="discarded", previous=agent.status))
+        self.diffs.pop(agent.id, None)
+        return ref
+
+    # -- diffs -----------------------------------------------------------------------------------
+    def request_diff(self, agent_id: str) -> None:
+        """Recompute the agent's diff soon (debounced, off the loop)."""
+        agent = self.agents.get(agent_id)
+        if agent is None or self.diff_scheduler is None or not agent.worktree or not agent.base_commit:
+            return
+        if agent.status in ("merged", "discarded"):
+            return
+        self.diff_scheduler.request(agent_id, Path(agent.worktree), agent.base_commit)
+
+    async def refresh_diff(self, agent_id: str) -> Diff:
+        """Compute the agent's diff now and return it."""
+        from mc.git import compute_diff
+
+        agent = self.get(agent_id)
+        diff = await asyncio.to_thread(compute_diff, Path(agent.worktree), agent.base_commit)
+        self._on_diff(agent.id, diff)
+        return diff
+
+    def _on_worktree_change(self, agent_id: str, paths: Any = None) -> None:
+        self.request_diff(agent_id)
+
+    def _on_diff(self, agent_id: str, diff: Diff) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            return
+        self.diffs[agent_id] = diff
+        changed = (diff.files, diff.added, diff.removed) != (agent.diff_files, agent.lines_added, agent.lines_removed)
+        event = ev.DiffChanged(agent=agent_id, files=diff.files, added=diff.added, removed=diff.removed)
+        if not changed:
+            return
+        if self.readonly:
+            self._deliver(event)
+        else:
+            self.emit(event)
+
+    def _on_diff_error(self, agent_id: str, error: BaseException) -> None:
+        agent = self.agents.get(agent_id)
+        if agent is None or self.readonly:
+            return
+        if Path(agent.worktree).is_dir():
+            self.emit(ev.ErrorEvent(agent=agent_id, message=f"diff failed: {error}"))
+
+    # -- persistence -----------------------------------------------------------------------------
+    def _save_state(self) -> None:
+        if self.readonly:
+            return
+        agents: dict[str, Any] = {}
+        for agent in self.agents.values():
+            spec = self.specs.get(agent.id)
+            agents[agent.id] = {
+                "name": agent.name,
+                "task": agent.task,
+                "runner": agent.runner,
+                "model": agent.model,
+                "policy": agent.policy,
+                "branch": agent.branch,
+                "worktree": agent.worktree,
+                "base_ref": agent.base_ref,
+                "base_commit": agent.base_commit,
+                "status": agent.status,
+                "created": agent.created,
+                "command": spec.command if spec else "",
+            }
+        self.store.save_state({"version": 1, "repo": str(self.root), "agents": agents})
