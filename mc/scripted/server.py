@@ -117,7 +117,11 @@ def _first(*values: float | None) -> float:
 
 
 class ScriptedServer:
-    """An OpenAI-compatible server on 127.0.0.1 that answers from a scenario (path, dict or Scenario)."""
+    """An OpenAI-compatible server on 127.0.0.1 that answers from a scenario (path, dict or Scenario).
+
+    `tokens_per_second` and `first_byte_delay` given here override the scenario's values everywhere
+    (0 runs a paced scenario at full speed); left as None, the turn's, agent's or scenario's value applies.
+    """
 
     def __init__(
         self,
@@ -296,15 +300,15 @@ class ScriptedServer:
         fault = self._pick_fault(agent, turn)
         record.fault = fault.kind if fault else ""
         delay = _first(
+            self.first_byte_delay,
             turn.first_byte_delay if turn else None,
             agent.first_byte_delay,
-            self.first_byte_delay,
             self.scenario.first_byte_delay,
         )
         rate = _first(
+            self.tokens_per_second,
             turn.tokens_per_second if turn else None,
             agent.tokens_per_second,
-            self.tokens_per_second,
             self.scenario.tokens_per_second,
         )
         if delay > 0:
