@@ -588,15 +588,13 @@ class Fleet:
         worktree = Path(agent.worktree)
 
         def work() -> str:
+            message = f"missionctl snapshot of {agent.name} before discard"
+            if worktree.is_dir():
+                return self.repo.discard(worktree, agent.branch, ref, message)
             snap = ""
-            if worktree.is_dir():
-                snap = self.repo.snapshot(worktree, ref, f"missionctl snapshot of {agent.name} before discard")
-            elif self.repo.branch_exists(agent.branch):
+            if self.repo.branch_exists(agent.branch):  # the worktree is gone already: keep the branch's work
                 snap = self.repo.resolve(agent.branch)
-                self.repo.update_ref(ref, snap)
-            if worktree.is_dir():
-                self.repo.remove_worktree(worktree, force=True)
-            if self.repo.branch_exists(agent.branch):
+                self.repo.git("update-ref", ref, snap)
                 self.repo.delete_branch(agent.branch)
             return snap
 

@@ -1,0 +1,95 @@
+"""Shared fixtures: real git repositories in a temporary folder, the real scripted model server on
+127.0.0.1, and a Fleet that drives them. Nothing here mocks git, the filesystem or HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mc.config import AgentConfig, Config
+
+# Keep the developer's own git and API settings out of the tests.
+os.environ["GIT_CONFIG_GLOBAL"] = os.devnull
+os.environ["GIT_CONFIG_NOSYSTEM"] = "1"
+os.environ["GIT_AUTHOR_NAME"] = os.environ["GIT_COMMITTER_NAME"] = "Test Person"
+os.environ["GIT_AUTHOR_EMAIL"] = os.environ["GIT_COMMITTER_EMAIL"] = "test@localhost"
+for _name in [n for n in os.environ if n.endswith("_API_KEY")]:
+    del os.environ[_name]
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in `repo` and return its stdout (stripped)."""
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    for rel, text in (files or {"README.md": "# sample\n", "app/main.py": "print('hi')\n"}).items():
+        target = path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., Any]]:
+    """Start scripted servers (in threads) for a test: scripted(scenario_dict, **knobs) -> handle."""
+    from mc.scripted import serve_in_thread
+
+    servers: list[Any] = []
+
+    def start(scenario: Any, **kwargs: Any) -> Any:
+        server = serve_in_thread(scenario, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def fleet_config(repo: Path, server: Any, agents: list[AgentConfig] | None = None, **model: Any) -> Config:
+    cfg = Config()
+    cfg.repo.path = str(repo)
+    cfg.repo.worktree_dir = str(repo.parent / "worktrees")
+    cfg.model.base_url = server.base_url
+    cfg.model.api_key_env = ""
+    cfg.model.max_retries = 3
+    cfg.model.retry_backoff = 0.05
+    cfg.model.timeout = 10.0
+    for key, value in model.items():
+        setattr(cfg.model, key, value)
+    cfg.agents = agents or []
+    return cfg
+
+
+@pytest.fixture
+async def fleet_factory() -> AsyncIterator[Callable[..., Any]]:
+    """Open fleets for a test and close them afterwards: await fleet_factory(cfg, readonly=False)."""
+    from mc.fleet import Fleet
+
+    fleets: list[Any] = []
+
+    async def open_fleet(cfg: Config, **kwargs: Any) -> Any:
+        fleet = Fleet(cfg, **kwargs)
+        await fleet.open()
+        fleets.append(fleet)
+        return fleet
+
+    yield open_fleet
+    for fleet in reversed(fleets):
+        if fleet._opened:
+            await fleet.close()
