@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import importlib
+
 from mc.agents.base import Runner, RunnerContext, RunnerError
 
-__all__ = ["Runner", "RunnerContext", "RunnerError", "make_runner"]
+__all__ = ["RUNNER_CLASSES", "Runner", "RunnerContext", "RunnerError", "make_runner"]
+
+#: kind → "module:class" (imported on first use, so a runner's dependencies load only when it is used)
+RUNNER_CLASSES = {
+    "builtin": "mc.agents.builtin:BuiltinRunner",
+    "command": "mc.agents.command:CommandRunner",
+    "claude": "mc.agents.claude:ClaudeRunner",
+    "codex": "mc.agents.codex:CodexRunner",
+    "acp": "mc.agents.acp:AcpRunner",
+}
+
+
+def runner_class(kind: str) -> type[Runner]:
+    """The runner class of a kind. Unknown or unavailable kinds raise RunnerError."""
+    target = RUNNER_CLASSES.get(kind)
+    if target is None:
+        raise RunnerError(f"unknown runner {kind!r}: use one of {', '.join(RUNNER_CLASSES)}")
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RunnerError(f"runner {kind!r} is not available in this installation ({exc})") from None
+    return getattr(module, class_name)
 
 
 def make_runner(kind: str, ctx: RunnerContext) -> Runner:
-    """The runner of an agent, by kind. Unknown or unavailable kinds raise RunnerError."""
-    if kind == "builtin":
-        from mc.agents.builtin import BuiltinRunner
-
-        return BuiltinRunner(ctx)
-    raise RunnerError(f'runner {kind!r} is not available in this version: use runner = "builtin"')
+    """The runner of an agent, by kind."""
+    return runner_class(kind)(ctx)
