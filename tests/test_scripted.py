@@ -290,6 +290,28 @@ async def test_turn_chosen_by_user_redirect_skips_alternatives(serve) -> None:
     assert server.requests[-1].user_texts()[-1] == "Please USE PATHLIB here"
 
 
+async def test_played_turns_are_recognised_after_a_skipped_turn(serve) -> None:
+    scenario = {
+        "turns": [
+            {"when_user_contains": "alpha", "say": "A"},
+            {"say": "B, the second turn."},
+            {"say": "C, {output_last_line}."},
+        ]
+    }
+    server = await serve(scenario)
+    messages: list[Any] = [{"role": "user", "content": "beta"}]
+    async with client(server) as c:
+        first = await c.chat.completions.create(model="m", messages=messages)
+        assert first.choices[0].message.content == "B, the second turn."
+        messages += [{"role": "assistant", "content": "B, the second turn."}, {"role": "user", "content": "more"}]
+        second = await c.chat.completions.create(model="m", messages=messages)
+        assert second.choices[0].message.content == "C, ."
+        messages += [{"role": "assistant", "content": "C, ."}, {"role": "user", "content": "and?"}]
+        third = await c.chat.completions.create(model="m", messages=messages)
+    assert third.choices[0].message.content == "Done."
+    assert [r.turn for r in server.requests] == [1, 2, None]
+
+
 async def test_missing_tool_is_answered_with_text(serve) -> None:
     server = await serve({"turns": [{"tool": "deploy", "args": {"env": "prod"}}]})
     async with client(server) as c:
@@ -465,22 +487,18 @@ def test_serve_in_thread_with_sync_client() -> None:
 def test_cli_prints_base_url_and_serves(tmp_path: Path) -> None:
     scenario = tmp_path / "one.toml"
     scenario.write_text('[[agents]]\nname = "solo"\n[[agents.turns]]\nsay = "from the cli"\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mc.scripted", "--scenario", str(scenario), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        base_url = proc.stdout.readline().strip()
-        assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
-        c = openai.OpenAI(base_url=base_url, api_key="test-key", max_retries=0)
-        reply = c.chat.completions.create(model="solo", messages=[{"role": "user", "content": "hi"}])
-        assert reply.choices[0].message.content == "from the cli"
-        c.close()
-    finally:
-        proc.terminate()
+    command = [sys.executable, "-m", "mc.scripted", "--scenario", str(scenario), "--port", "0"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            base_url = proc.stdout.readline().strip()
+            assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
+            c = openai.OpenAI(base_url=base_url, api_key="test-key", max_retries=0)
+            reply = c.chat.completions.create(model="solo", messages=[{"role": "user", "content": "hi"}])
+            assert reply.choices[0].message.content == "from the cli"
+            c.close()
+        finally:
+            proc.terminate()
         assert proc.wait(timeout=10) == 0
 
 
