@@ -313,7 +313,7 @@ def scenario_from_dict(data: dict[str, Any], source: str = "") -> Scenario:
 def resolve_scenario(name_or_path: str | Path) -> Path:
     """A scenario file path; a bare name such as "demo" means the bundled scenarios/demo.toml."""
     path = Path(name_or_path)
-    if path.exists():
+    if path.is_file():
         return path
     bundled = SCENARIO_DIR / f"{path.stem}.toml"
     if path.parent == Path(".") and bundled.exists():
