@@ -94,19 +94,22 @@ class _WatchThread(threading.Thread):
         self.ignore = ignore
         self.loop = loop
         self.deliver = deliver
-        self.stop_event = threading.Event()
+        self.stop_event = threading.Event()  # stop now, dropping what is not yet delivered
+        self.drain = threading.Event()  # stop after delivering what has been seen so far
 
     def run(self) -> None:
         try:
-            while not self.stop_event.is_set():
-                result = self.notify.watch(1000, 50, 0, self.stop_event)
-                if isinstance(result, str):
-                    if result == "stop":
-                        return
-                    continue
-                batch = self._group(path for _, path in result)
-                if batch and not self.stop_event.is_set():
-                    self.loop.call_soon_threadsafe(self.deliver, batch)
+            while True:
+                # A finite timeout lets a draining thread hand over what it has before it ends.
+                result = self.notify.watch(1000, 50, 200, self.stop_event)
+                if result == "stop":
+                    return
+                if not isinstance(result, str):
+                    batch = self._group(path for _, path in result)
+                    if batch:
+                        self.loop.call_soon_threadsafe(self.deliver, batch)
+                if self.drain.is_set():
+                    return
         except Exception:
             log.exception("file watcher stopped")
         finally:
@@ -221,7 +224,8 @@ class WorktreeWatcher:
                 if notify is not None:
                     notify.close()
                 return
-            await self._stop_thread()
+            # The new watcher is already collecting: the old one delivers what it saw, then ends.
+            await self._stop_thread(drain=True)
             if notify is not None:
                 assert self._loop is not None
                 self._thread = _WatchThread(notify, roots, self._ignore, self._loop, self._deliver)
@@ -241,10 +245,10 @@ class WorktreeWatcher:
                     raise
         return None, {}
 
-    async def _stop_thread(self) -> None:
+    async def _stop_thread(self, *, drain: bool = False) -> None:
         thread, self._thread = self._thread, None
         if thread is not None:
-            thread.stop_event.set()
+            (thread.drain if drain else thread.stop_event).set()
             await asyncio.to_thread(thread.join)
 
     def _deliver(self, batch: dict[str, tuple[Path, set[str]]]) -> None:
