@@ -1,0 +1,434 @@
+"""Running one tool call in a worktree."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mc import procs
+from mc.config import ToolsConfig
+from mc.tools.commands import bwrap_argv, find_bwrap, sandbox_available
+from mc.tools.patch import PatchError, patch_files
+from mc.tools.registry import TOOLS
+from mc.tools.workspace import Refusal, Workspace
+
+#: Bounds of what read-only tools return.
+MAX_LIST_FILES = 1000
+MAX_SEARCH_MATCHES = 200
+MAX_MATCH_LINE = 300
+MAX_READ_BYTES = 20 * 1024 * 1024
+MAX_LOG_LINE = 4096
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    ok: bool
+    output: str
+    """What the model receives (already truncated to [tools] max_output)."""
+    exit_code: int | None = None
+
+
+class _BadArgs(Exception):
+    pass
+
+
+def truncate_output(text: str, limit: int) -> str:
+    """Keep the head and the tail of `text` within `limit` characters, with a marker of what was left out."""
+    if len(text) <= limit:
+        return text
+    marker = f"\n[… {len(text) - limit} characters omitted …]\n"
+    budget = limit - len(marker)
+    if budget < 2:
+        return text[:limit]
+    head = budget // 2
+    omitted = len(text) - budget
+    marker = f"\n[… {omitted} characters omitted …]\n"
+    return text[:head] + marker + text[len(text) - (budget - head) :]
+
+
+class _HeadTail:
+    """Keeps the first and last `limit` characters of a stream and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.head: list[str] = []
+        self.head_size = 0
+        self.tail: collections.deque[str] = collections.deque()
+        self.tail_size = 0
+        self.total = 0
+
+    def add(self, text: str) -> None:
+        self.total += len(text)
+        if self.head_size < self.limit:
+            take = text[: self.limit - self.head_size]
+            self.head.append(take)
+            self.head_size += len(take)
+            text = text[len(take) :]
+        if text:
+            self.tail.append(text)
+            self.tail_size += len(text)
+            while self.tail and self.tail_size - len(self.tail[0]) >= self.limit:
+                self.tail_size -= len(self.tail.popleft())
+
+    def render(self) -> str:
+        head = "".join(self.head)
+        tail = "".join(self.tail)
+        if self.total == len(head) + len(tail):
+            return truncate_output(head + tail, self.limit)
+        tail = tail[-self.limit :]
+        budget = max(self.limit - 60, 2)
+        h = budget // 2
+        t = budget - h
+        return head[:h] + f"\n[… {self.total - h - t} characters omitted …]\n" + tail[-t:]
+
+
+def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], tool: str, required: bool = True) -> Any:
+    value = args.get(name)
+    if value is None:
+        if required:
+            raise _BadArgs(f"{tool} needs the argument {name!r}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise _BadArgs(f"{tool}: argument {name!r} = {value!r} has the wrong type")
+    return value
+
+
+async def run_tool(
+    name: str,
+    args: dict[str, Any],
+    ws: Workspace,
+    *,
+    on_output: Callable[[str], None],
+    env: dict[str, str],
+    tools_cfg: ToolsConfig,
+    tag: str,
+) -> ToolOutcome:
+    """Run one tool call in the worktree. Raises Refusal when it would reach outside the worktree.
+
+    `on_output` receives a shell command's output as it comes: one or more complete, cleaned lines, each
+    ending in a newline. `tag` is the agent's process tag; each call runs under `tag/<call>`.
+    """
+    if name not in TOOLS:
+        return ToolOutcome(False, f"unknown tool {name!r}: use one of {', '.join(TOOLS)}")
+    if not isinstance(args, dict):
+        return ToolOutcome(False, f"{name}: the arguments must be a JSON object")
+    try:
+        if name == "shell":
+            return await _shell(args, ws, on_output, env, tools_cfg, tag)
+        if name == "read_file":
+            outcome = _read_file(args, ws)
+        elif name == "write_file":
+            outcome = _write_file(args, ws)
+        elif name == "apply_patch":
+            outcome = await _apply_patch(args, ws, env, tag)
+        elif name == "list_files":
+            outcome = await _list_files(args, ws, env, tag)
+        else:
+            outcome = await _search(args, ws, env, tag)
+    except _BadArgs as exc:
+        return ToolOutcome(False, str(exc))
+    return ToolOutcome(outcome.ok, truncate_output(outcome.output, tools_cfg.max_output), outcome.exit_code)
+
+
+# --------------------------------------------------------------------------------------------- shell
+
+
+async def _shell(
+    args: dict[str, Any],
+    ws: Workspace,
+    on_output: Callable[[str], None],
+    env: dict[str, str],
+    cfg: ToolsConfig,
+    tag: str,
+) -> ToolOutcome:
+    command = _arg(args, "command", str, "shell")
+    if not command.strip():
+        return ToolOutcome(False, "shell: the command is empty")
+    timeout = cfg.shell_timeout
+    asked = _arg(args, "timeout", (int, float), "shell", required=False)
+    if asked is not None and asked > 0:
+        timeout = min(timeout, float(asked))
+    env = dict(env)
+    shell = shutil.which("bash", path=env.get("PATH")) or "/bin/sh"
+    argv = [shell, "-c", command]
+    if cfg.sandbox == "bwrap":
+        ok, why = await asyncio.to_thread(sandbox_available, env.get("PATH"))
+        bwrap = find_bwrap(env.get("PATH"))
+        if not ok or bwrap is None:
+            return ToolOutcome(False, why)
+        argv = bwrap_argv(bwrap, ws.root, argv)
+        env["TMPDIR"] = "/tmp"
+    call_tag = f"{tag}/shell-{uuid.uuid4().hex[:8]}"
+    collected = _HeadTail(cfg.max_output)
+    proc = await procs.start(argv, cwd=ws.root, env=env, tag=call_tag)
+
+    async def pump() -> None:
+        splitter = procs.LineSplitter(max_line=MAX_LOG_LINE)
+        async for chunk in proc.chunks():
+            _emit(splitter.feed(chunk))
+        _emit(splitter.flush())
+
+    def _emit(lines: list[str]) -> None:
+        if lines:
+            text = "".join(procs.clean_terminal_text(line) + "\n" for line in lines)
+            collected.add(text)
+            with contextlib.suppress(Exception):
+                on_output(text)
+
+    reader = asyncio.create_task(pump())
+    timed_out = False
+    try:
+        try:
+            rc: int | None = await asyncio.wait_for(asyncio.shield(proc.wait()), timeout)
+        except TimeoutError:
+            timed_out = True
+            rc = None
+        leftovers = len(procs.find_tagged(call_tag))
+        await proc.kill(grace=1.0 if timed_out else 0.5)
+        await reader
+    except asyncio.CancelledError:
+        await asyncio.shield(proc.kill(grace=0.5))
+        reader.cancel()
+        raise
+    output = collected.render()
+    notes = []
+    if timed_out:
+        notes.append(f"[timed out after {timeout:g} s: the command and its processes were killed]")
+    elif leftovers:
+        notes.append(f"[{leftovers} background process(es) still running when the command ended were stopped]")
+    if rc:
+        notes.append(f"[exit code {rc}]")
+    if notes:
+        output = (output + "\n" if output and not output.endswith("\n") else output) + "\n".join(notes)
+    return ToolOutcome(rc == 0 and not timed_out, truncate_output(output, cfg.max_output), rc)
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def _read_file(args: dict[str, Any], ws: Workspace) -> ToolOutcome:
+    path = _arg(args, "path", str, "read_file")
+    start = _arg(args, "start_line", int, "read_file", required=False)
+    end = _arg(args, "end_line", int, "read_file", required=False)
+    real = ws.resolve(path)
+    if real.is_dir():
+        return ToolOutcome(False, f"{path} is a folder: use list_files")
+    try:
+        data = ws.read_bytes(path, MAX_READ_BYTES + 1)
+    except FileNotFoundError:
+        return ToolOutcome(False, f"no such file: {path}")
+    except OSError as exc:
+        return ToolOutcome(False, f"cannot read {path}: {exc.strerror}")
+    if b"\0" in data[:8192]:
+        return ToolOutcome(False, f"{path} is a binary file ({real.stat().st_size} bytes): not shown")
+    text = data[:MAX_READ_BYTES].decode("utf-8", errors="replace")
+    if start is None and end is None:
+        return ToolOutcome(True, text)
+    lines = text.splitlines(keepends=True)
+    first = max(start or 1, 1)
+    last = end if end is not None else len(lines)
+    if first > len(lines) and lines:
+        return ToolOutcome(False, f"start_line {first} is past the end of {path} ({len(lines)} lines)")
+    if last < first:
+        return ToolOutcome(False, f"end_line {last} is before start_line {first}")
+    return ToolOutcome(True, "".join(lines[first - 1 : last]))
+
+
+def _write_file(args: dict[str, Any], ws: Workspace) -> ToolOutcome:
+    path = _arg(args, "path", str, "write_file")
+    content = _arg(args, "content", str, "write_file")
+    real = ws.resolve(path, for_write=True)
+    if real.is_dir():
+        return ToolOutcome(False, f"{path} is a folder: give a file path")
+    existed = real.exists()
+    try:
+        ws.write_bytes(path, content.encode("utf-8"))
+    except OSError as exc:
+        return ToolOutcome(False, f"cannot write {path}: {exc.strerror}")
+    lines = len(content.splitlines())
+    return ToolOutcome(True, f"{'replaced' if existed else 'created'} {ws.relative(real)} ({lines} lines)")
+
+
+async def _capture(
+    argv: list[str], ws: Workspace, env: dict[str, str], tag: str, stdin: str | None = None, max_chars: int = 0
+) -> tuple[int, str, str, bool]:
+    """Run a helper (git) to completion: (exit code, stdout, stderr, cut short)."""
+    env = {**env, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C.UTF-8"}
+    proc = await procs.start(
+        argv, cwd=ws.root, env=env, tag=f"{tag}/{uuid.uuid4().hex[:8]}", stdin=stdin is not None, stderr="separate"
+    )
+    out: list[str] = []
+    size = 0
+    cut = False
+
+    async def read_out() -> None:
+        nonlocal size, cut
+        async for chunk in proc.chunks():
+            out.append(chunk)
+            size += len(chunk)
+            if max_chars and size > max_chars:
+                cut = True
+                await proc.kill(grace=0.2)
+                return
+
+    async def read_err() -> str:
+        return "".join([c async for c in proc.stderr_chunks()])
+
+    try:
+        if stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                await proc.write(stdin)
+            proc.close_stdin()
+        _, err = await asyncio.gather(read_out(), read_err())
+        rc = await proc.wait()
+    finally:
+        await asyncio.shield(proc.kill(grace=0.2))
+    return rc, "".join(out), err, cut
+
+
+async def _apply_patch(args: dict[str, Any], ws: Workspace, env: dict[str, str], tag: str) -> ToolOutcome:
+    patch = _arg(args, "patch", str, "apply_patch")
+    try:
+        files = patch_files(patch)
+    except PatchError as exc:
+        return ToolOutcome(False, str(exc))
+    for path in files.paths:
+        ws.resolve(path, for_write=True)
+    if not patch.endswith("\n"):
+        patch += "\n"
+    argv = ["git", "apply", "--recount", "--whitespace=nowarn", f"-p{files.strip}", "-"]
+    rc, out, err, _ = await _capture(argv, ws, env, tag, stdin=patch)
+    if rc != 0:
+        detail = (err or out).strip() or f"git apply exited with {rc}"
+        return ToolOutcome(False, f"the patch does not apply (nothing was changed):\n{detail}", rc)
+    parts = []
+    for path in files.paths:
+        label = " (created)" if path in files.created else " (deleted)" if path in files.deleted else ""
+        parts.append(path + label)
+    return ToolOutcome(True, "applied: " + ", ".join(parts), 0)
+
+
+# --------------------------------------------------------------------------------------------- listing
+
+
+def _walk(base: Path, ws: Workspace) -> list[str]:
+    found: list[str] = []
+    for folder, dirs, names in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if d != ".git")
+        for n in sorted(names):
+            found.append(ws.relative(Path(folder) / n))
+            if len(found) > MAX_LIST_FILES * 5:
+                return found
+    return found
+
+
+async def _tracked_and_untracked(ws: Workspace, rel: str, env: dict[str, str], tag: str) -> list[str] | None:
+    """Files git knows or would add (ignored ones left out) under `rel`; None outside a git worktree."""
+    argv = ["git", "--literal-pathspecs", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", rel]
+    rc, out, _err, _ = await _capture(argv, ws, env, tag)
+    if rc != 0:
+        return None
+    seen: dict[str, None] = {}
+    for name in out.split("\0"):
+        if name and name not in seen and os.path.lexists(ws.root / name):
+            seen[name] = None
+    return sorted(seen)
+
+
+async def _list_files(args: dict[str, Any], ws: Workspace, env: dict[str, str], tag: str) -> ToolOutcome:
+    path = _arg(args, "path", str, "list_files", required=False) or "."
+    real = ws.resolve(path)
+    if not real.exists():
+        return ToolOutcome(False, f"no such folder: {path}")
+    rel = ws.relative(real)
+    if real.is_file():
+        return ToolOutcome(True, rel)
+    files = await _tracked_and_untracked(ws, rel, env, tag)
+    if files is None:
+        files = _walk(real, ws)
+    if not files:
+        return ToolOutcome(True, f"(no files under {rel})")
+    shown = files[:MAX_LIST_FILES]
+    text = "\n".join(shown)
+    if len(files) > len(shown):
+        text += f"\n[… {len(files) - len(shown)} more files: list a folder to see them]"
+    return ToolOutcome(True, text)
+
+
+# --------------------------------------------------------------------------------------------- search
+
+
+def _format_match(path: str, number: str, line: str) -> str:
+    line = procs.clean_terminal_text(line)
+    if len(line) > MAX_MATCH_LINE:
+        line = line[:MAX_MATCH_LINE] + " …"
+    return f"{path}:{number}:{line}"
+
+
+def _python_search(regex: re.Pattern[str], base: Path, ws: Workspace, limit: int) -> list[str]:
+    matches: list[str] = []
+    files = [base] if base.is_file() else [ws.root / p for p in _walk(base, ws)]
+    for file in files:
+        try:
+            if file.is_symlink() or not file.is_file() or file.stat().st_size > MAX_READ_BYTES:
+                continue
+            data = file.read_bytes()
+        except OSError:
+            continue
+        if b"\0" in data[:8192]:
+            continue
+        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+            if regex.search(line):
+                matches.append(_format_match(ws.relative(file), str(number), line))
+                if len(matches) > limit:
+                    return matches
+    return matches
+
+
+async def _search(args: dict[str, Any], ws: Workspace, env: dict[str, str], tag: str) -> ToolOutcome:
+    pattern = _arg(args, "pattern", str, "search")
+    path = _arg(args, "path", str, "search", required=False) or "."
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        return ToolOutcome(False, f"search: invalid regular expression {pattern!r}: {exc}")
+    real = ws.resolve(path)
+    if not real.exists():
+        return ToolOutcome(False, f"no such file or folder: {path}")
+    rel = ws.relative(real)
+    limit = MAX_SEARCH_MATCHES
+    matches: list[str] | None = None
+    for flavour in ("-P", "-E"):
+        argv = ["git", "--literal-pathspecs", "grep", "-n", "-z", "-I", "--untracked", "--no-color", flavour]
+        rc, out, err, _ = await _capture([*argv, "-e", pattern, "--", rel], ws, env, tag, max_chars=limit * 400)
+        if rc in (0, 1) or (rc < 0 and out):
+            matches = []
+            for line in out.split("\n"):
+                parts = line.split("\0", 2)
+                if len(parts) == 3:
+                    matches.append(_format_match(*parts))
+                if len(matches) > limit:
+                    break
+            break
+        if "not a git repository" in err:
+            break
+    if matches is None:
+        matches = await asyncio.to_thread(_python_search, regex, real, ws, limit)
+    if not matches:
+        return ToolOutcome(True, f"no matches for /{pattern}/ in {rel}")
+    text = "\n".join(matches[:limit])
+    if len(matches) > limit:
+        text += f"\n[more than {limit} matches: narrow the pattern or the path]"
+    return ToolOutcome(True, text)
+
+
+__all__ = ["Refusal", "ToolOutcome", "run_tool", "truncate_output"]
