@@ -1,0 +1,533 @@
+"""The mission control app: opens the fleet, turns keys into Fleet commands, and keeps the visible panes live.
+
+How it stays fast: the fleet listener only marks agents dirty (and rings the bell); a one-shot timer, armed
+when something changed, drains the dirty agents into the visible panes a few times a second, in batches.
+Hidden agents cost nothing but their header counters. Idle, only a 1 Hz clock runs (for elapsed times).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from typing import Any
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from mc import events as ev
+from mc.agent import Agent
+from mc.config import AgentConfig, Config
+from mc.fleet import Fleet, FleetError, FleetLocked
+from mc.tui.screens import (
+    ConfirmScreen,
+    FleetScreen,
+    HelpScreen,
+    KillScreen,
+    MergeScreen,
+    NewAgentScreen,
+    TextPrompt,
+    ZoomScreen,
+)
+
+#: Seconds between a change and its drain into the visible panes (~4 Hz at most).
+DRAIN_INTERVAL = 0.22
+
+#: Actions that need an agent and a fleet that can be driven (off in a monitor and in dialogs).
+DECISION_ACTIONS = frozenset(
+    {"approve", "approve_all", "deny", "redirect", "interrupt", "resume", "kill", "new", "merge", "discard"}
+)
+#: Actions that make sense only on the fleet view or the zoom (not in a dialog).
+VIEW_ACTIONS = DECISION_ACTIONS | {"next_decision", "help"}
+
+_KEY_NAMES = {"question_mark": "?", "escape": "esc", "space": "space", "enter": "enter"}
+
+
+class MissionControl(App[int]):
+    """Mission control for a fleet of coding agents."""
+
+    CSS_PATH = "mc.tcss"
+    TITLE = "missionctl"
+
+    BINDINGS = [
+        Binding("a", "approve", "Approve", id="approve"),
+        Binding("A", "approve_all", "Approve + same kind", id="approve_all", show=False),
+        Binding("d", "deny", "Deny", id="deny"),
+        Binding("r", "redirect", "Redirect", id="redirect"),
+        Binding("i", "interrupt", "Interrupt/resume", id="interrupt"),
+        Binding("R", "resume", "Resume", id="resume", show=False),
+        Binding("K", "kill", "Kill", id="kill", show=False),
+        Binding("n", "new", "New", id="new"),
+        Binding("m", "merge", "Merge", id="merge"),
+        Binding("x", "discard", "Discard", id="discard", show=False),
+        Binding("space", "next_decision", "Next waiting", id="next_decision"),
+        Binding("question_mark", "help", "Help", id="help"),
+        Binding("q", "quit", "Quit", id="quit"),
+    ]
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        *,
+        monitor: bool = False,
+        spawn_configured: bool = False,
+        demo: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self.fleet: Fleet = fleet
+        self.config: Config = fleet.config
+        self.monitor = monitor or fleet.readonly
+        self.spawn_on_open = spawn_configured
+        self.demo = demo
+        self._clock = clock
+        self.selected: str | None = None
+        self.bells = 0
+        """How many times the bell rang (an agent started needing a decision)."""
+        self.opened = False
+        self._dirty: set[str] = set()
+        self._diff_dirty: set[str] = set()
+        self._drain_armed = False
+        self._closed = False
+        self._keys = dict(self.config.ui.keys)
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def get_default_screen(self) -> Screen:
+        return FleetScreen()
+
+    async def on_mount(self) -> None:
+        if self._keys:
+            self.set_keymap(self._keys)
+        try:
+            await self.fleet.open()
+        except FleetLocked as exc:
+            readonly = Fleet(self.config, readonly=True, state_dir=self.fleet.state_dir)
+            try:
+                await readonly.open()
+            except FleetError as err:
+                self.exit(2, message=f"missionctl: {err}")
+                return
+            self.fleet = readonly
+            self.monitor = True
+            self.notify(f"{exc}: opened as a read-only monitor", timeout=8)
+        except FleetError as exc:
+            self.exit(2, message=f"missionctl: {exc}")
+            return
+        self.monitor = self.monitor or self.fleet.readonly
+        self.fleet.add_listener(self._on_event)
+        agents = self.agents()
+        waiting = self.fleet.next_needing_decision()
+        self.selected = waiting.id if waiting else (agents[0].id if agents else None)
+        self.opened = True
+        screen = self.fleet_screen()
+        if screen is not None:
+            screen.topbar.show(self)
+            screen.relayout(force=True)
+        self.set_interval(1.0, self._tick)
+        if self.spawn_on_open and not self.monitor:
+            self.run_worker(self._spawn_configured(), group="fleet")
+
+    async def _spawn_configured(self) -> None:
+        await self._guard(self.fleet.spawn_configured())
+
+    async def close_fleet(self) -> None:
+        """Stop listening and close the fleet (its state stays on disk). Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self.fleet.remove_listener(self._on_event)
+        if self.opened:
+            await self.fleet.close()
+
+    async def on_unmount(self) -> None:
+        await self.close_fleet()
+
+    # -- state helpers ---------------------------------------------------------------------------
+    def now(self) -> float:
+        return self._clock()
+
+    def agents(self) -> list[Agent]:
+        return self.fleet.list() if self.opened else []
+
+    def index_of(self, agent_id: str | None) -> int:
+        ids = [a.id for a in self.agents()]
+        return ids.index(agent_id) + 1 if agent_id in ids else 0
+
+    def fleet_screen(self) -> FleetScreen | None:
+        for screen in self.screen_stack:
+            if isinstance(screen, FleetScreen):
+                return screen
+        return None
+
+    def view_screen(self) -> FleetScreen | ZoomScreen | None:
+        """The topmost fleet or zoom screen (a dialog may sit on top of it)."""
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, (FleetScreen, ZoomScreen)):
+                return screen
+        return None
+
+    def current_id(self) -> str | None:
+        """The agent the keys act on: the zoomed one, else the selected one."""
+        view = self.view_screen()
+        if isinstance(view, ZoomScreen):
+            return view.agent_id
+        return self.selected
+
+    def current(self) -> Agent | None:
+        agent_id = self.current_id()
+        return self.fleet.agents.get(agent_id) if agent_id else None
+
+    def key_hint(self, binding_id: str) -> str:
+        """The key that triggers a binding, as remapped by [ui.keys] (first key when several)."""
+        key = self._keys.get(binding_id) or _default_keys().get(binding_id, "?")
+        first = key.split(",")[0].strip()
+        return _KEY_NAMES.get(first, first)
+
+    def help_rows(self) -> list[tuple[str, str, str]]:
+        """(binding id, keys, description) of every binding, as remapped."""
+        rows = []
+        seen_agents = False
+        for binding in _all_bindings():
+            if binding.id is None:
+                continue
+            if binding.id.startswith("agent_"):
+                if seen_agents:
+                    continue
+                seen_agents = True
+                rows.append(("agent_1 … agent_9", "1-9", "select agent 1 to 9"))
+                continue
+            keys = self._keys.get(binding.id) or binding.key
+            shown = ", ".join(_KEY_NAMES.get(k.strip(), k.strip()) for k in keys.split(","))
+            rows.append((binding.id, shown, HELP_TEXT.get(binding.id, binding.description)))
+        rows.append(("", "ctrl+p", "command palette: every action, and jump to any agent"))
+        return rows
+
+    def select(self, agent_id: str) -> None:
+        self.selected = agent_id
+        view = self.view_screen()
+        if isinstance(view, ZoomScreen):
+            view.show_agent(agent_id)
+        screen = self.fleet_screen()
+        if screen is not None:
+            screen.sync(set())
+
+    def zoom(self, agent_id: str) -> None:
+        self.selected = agent_id
+        self.push_screen(ZoomScreen(agent_id))
+
+    # -- events and the drain --------------------------------------------------------------------
+    def _on_event(self, event: ev.Event) -> None:
+        """Fleet listener: mark the agent dirty; ring the bell when it starts needing a decision."""
+        self._dirty.add(event.agent)
+        if isinstance(event, ev.DiffChanged):
+            self._diff_dirty.add(event.agent)
+        elif isinstance(event, ev.ApprovalRequested):
+            agent = self.fleet.agents.get(event.agent)
+            if agent is not None and len(agent.pending) == 1:
+                self.bells += 1
+                if self.config.ui.bell:
+                    self.bell()
+        if not self._drain_armed and not self._closed:
+            self._drain_armed = True
+            self.set_timer(DRAIN_INTERVAL, self._drain)
+
+    def _drain(self) -> None:
+        self._drain_armed = False
+        dirty, self._dirty = self._dirty, set()
+        diff_dirty, self._diff_dirty = self._diff_dirty, set()
+        if self._closed:
+            return
+        if self.selected is None or self.selected not in self.fleet.agents:
+            agents = self.agents()
+            self.selected = agents[0].id if agents else None
+        view = self.view_screen()
+        if isinstance(view, ZoomScreen):
+            if view.agent_id in dirty or view.agent_id in diff_dirty:
+                view.sync(view.agent_id in diff_dirty)
+        elif isinstance(view, FleetScreen):
+            view.sync(dirty)
+
+    def _tick(self) -> None:
+        if self._closed or not any(a.status in ev.ACTIVE_STATUSES for a in self.agents()):
+            return
+        view = self.view_screen()
+        if view is not None:
+            view.tick()
+
+    # -- commands --------------------------------------------------------------------------------
+    async def _guard(self, work: Awaitable[Any], done: str = "") -> Any:
+        """Run one fleet command; its FleetError becomes a one-line notification, never a crash."""
+        try:
+            result = await work
+        except FleetError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return None
+        except Exception as exc:  # a bug below must not take the UI down
+            self.notify(f"{type(exc).__name__}: {exc}", severity="error", timeout=8)
+            return None
+        if done:
+            self.notify(done)
+        return result
+
+    def _command(self, work: Awaitable[Any], done: str = "") -> None:
+        self.run_worker(self._guard(work, done), group="fleet")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in VIEW_ACTIONS and self.view_screen() is not self.screen:
+            return False  # a dialog is open
+        return not (action in DECISION_ACTIONS and self.monitor)
+
+    def _need_agent(self) -> Agent | None:
+        agent = self.current()
+        if agent is None:
+            self.notify("no agent selected", severity="warning")
+        return agent
+
+    def action_approve(self) -> None:
+        if (agent := self._need_agent()) is not None:
+            self._command(self.fleet.approve(agent.id))
+
+    def action_approve_all(self) -> None:
+        if (agent := self._need_agent()) is not None:
+            req = agent.oldest_pending()
+            what = req.remember_key or req.kind if req else ""
+            done = f"{agent.name}: approved; {what} calls run without asking for the rest of this run" if req else ""
+            self._command(self.fleet.approve(agent.id, remember=True), done)
+
+    def action_deny(self) -> None:
+        agent = self._need_agent()
+        if agent is None:
+            return
+        req = agent.oldest_pending()
+        if req is None:
+            self.notify(f"{agent.name} has no pending approval", severity="warning")
+            return
+
+        def answer(reason: str | None) -> None:
+            if reason is not None:
+                self._command(self.fleet.deny(agent.id, req.approval_id, reason=reason))
+
+        self.push_screen(
+            TextPrompt(f"Deny {agent.name}: {req.summary}", "reason (optional; the model sees it)"), answer
+        )
+
+    def action_redirect(self) -> None:
+        agent = self._need_agent()
+        if agent is None:
+            return
+
+        def answer(text: str | None) -> None:
+            if text:
+                self._command(self.fleet.redirect(agent.id, text), f"{agent.name}: new instruction sent")
+
+        self.push_screen(
+            TextPrompt(f"New instruction for {agent.name}", "what should it do instead?", allow_empty=False), answer
+        )
+
+    def action_interrupt(self) -> None:
+        agent = self._need_agent()
+        if agent is None:
+            return
+        if agent.status in ("interrupted", "failed"):
+            self._command(self.fleet.resume(agent.id), f"{agent.name}: resumed")
+        else:
+            self._command(
+                self.fleet.interrupt(agent.id), f"{agent.name}: interrupted ({self.key_hint('interrupt')} resumes)"
+            )
+
+    def action_resume(self) -> None:
+        if (agent := self._need_agent()) is not None:
+            self._command(self.fleet.resume(agent.id), f"{agent.name}: resumed")
+
+    def action_kill(self) -> None:
+        agent = self._need_agent()
+        if agent is None:
+            return
+
+        def answer(choice: tuple[bool, bool] | None) -> None:
+            if choice:
+                discard = choice[1]
+                done = f"{agent.name}: killed" + (" and discarded" if discard else "; its worktree is kept")
+                self._command(self.fleet.kill(agent.id, discard=discard), done)
+
+        self.push_screen(KillScreen(agent.name), answer)
+
+    def action_new(self) -> None:
+        def answer(spec: AgentConfig | None) -> None:
+            if spec is not None:
+                self._command(self._spawn(spec))
+
+        self.push_screen(NewAgentScreen(self.fleet.base_branch), answer)
+
+    async def _spawn(self, spec: AgentConfig) -> None:
+        agent = await self.fleet.spawn(spec)
+        self.select(agent.id)
+        self.notify(f"{agent.name}: started on {agent.branch}")
+
+    def action_merge(self) -> None:
+        agent = self._need_agent()
+        if agent is None:
+            return
+        if agent.status in ev.ACTIVE_STATUSES:
+            self.notify(
+                f"{agent.name} is {agent.status}: interrupt it ({self.key_hint('interrupt')}) or let it finish first",
+                severity="warning",
+            )
+            return
+        self.run_worker(self._merge_flow(agent), group="fleet")
+
+    async def _merge_flow(self, agent: Agent) -> None:
+        diff = self.fleet.diff(agent.id)
+        if agent.status not in ("merged", "discarded"):
+            try:
+                diff = await self.fleet.refresh_diff(agent.id)
+            except Exception:
+                diff = self.fleet.diff(agent.id)
+
+        def answer(mode: str | None) -> None:
+            if mode:
+                self._command(self._merge(agent, mode))
+
+        self.push_screen(MergeScreen(agent, diff, self.config.repo.merge), answer)
+
+    async def _merge(self, agent: Agent, mode: str) -> None:
+        result = await self.fleet.merge(agent.id, mode=mode)
+        if result.ok:
+            self.notify(f"{agent.name}: merged into {agent.base_ref} ({mode}) as {(result.commit or '')[:10]}")
+        else:
+            files = ", ".join(result.conflicts) or "?"
+            self.notify(
+                f"{agent.name}: merge conflicts in {files}; nothing changed. {result.message}",
+                severity="error",
+                timeout=12,
+            )
+
+    def action_discard(self) -> None:
+        agent = self._need_agent()
+        if agent is None:
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._command(self._discard(agent))
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Discard {agent.name}? Its worktree and branch go away; a snapshot ref keeps the work.", "Discard"
+            ),
+            answer,
+        )
+
+    async def _discard(self, agent: Agent) -> None:
+        ref = await self.fleet.discard(agent.id)
+        self.notify(f"{agent.name}: discarded; the work is kept at {ref}")
+
+    def action_next_decision(self) -> None:
+        nxt = self.fleet.next_needing_decision(after=self.current_id())
+        if nxt is None:
+            self.notify("nobody is waiting for a decision")
+            return
+        self.select(nxt.id)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        running = [a.name for a in self.agents() if a.status in ("starting", "running")]
+        if running and not self.monitor:
+
+            def answer(yes: bool | None) -> None:
+                if yes:
+                    self.run_worker(self._quit_now())
+
+            self.push_screen(
+                ConfirmScreen(
+                    f"{len(running)} agent{'s' if len(running) != 1 else ''} still running ({', '.join(running)}). "
+                    "Quit? They stop now and come back interrupted, resumable; everything stays on disk.",
+                    "Quit",
+                ),
+                answer,
+            )
+            return
+        await self._quit_now()
+
+    async def _quit_now(self) -> None:
+        await self.close_fleet()
+        self.exit(0)
+
+    # -- command palette -------------------------------------------------------------------------
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for action, title, text in PALETTE:
+            if self.monitor and action in DECISION_ACTIONS:
+                continue
+            yield SystemCommand(title, text, partial(self.run_worker, partial(self.run_action, action)))
+        for agent in self.agents():
+            yield SystemCommand(
+                f"Zoom into {agent.name}", f"{agent.status}: {agent.task[:60]}", partial(self.zoom, agent.id)
+            )
+            yield SystemCommand(f"Select {agent.name}", f"{agent.status}", partial(self.select, agent.id))
+
+
+HELP_TEXT = {
+    "approve": "approve the pending call of this agent",
+    "approve_all": "approve it, and calls of the same kind for the rest of this agent's run",
+    "deny": "deny the pending call (with an optional reason the model sees)",
+    "redirect": "give the agent a new instruction (stops the current turn)",
+    "interrupt": "interrupt this agent; on an interrupted or failed agent: resume it",
+    "resume": "resume an interrupted or failed agent",
+    "kill": "kill the agent and every process it started (asks; option to discard)",
+    "new": "start a new agent (name, task, runner, model, base, policy)",
+    "merge": "merge the agent's work into its base branch (shows the diff; ff, merge or squash)",
+    "discard": "discard the agent's worktree and branch (asks; a snapshot ref keeps the work)",
+    "next_decision": "jump to the next agent that needs a decision",
+    "help": "this help",
+    "quit": "quit (asks when agents are running; the fleet stays on disk)",
+    "left": "previous agent",
+    "right": "next agent",
+    "up": "agent above (previous in the list)",
+    "down": "agent below (next in the list)",
+    "zoom": "zoom into the agent: log and diff",
+    "log_up": "scroll the selected agent's log up (pauses following)",
+    "log_down": "scroll the selected agent's log down",
+    "follow": "follow the log again (jump to its end)",
+    "back": "zoom: back to the fleet",
+}
+
+PALETTE = [
+    ("approve", "Approve", "approve the pending call of the selected agent"),
+    ("approve_all", "Approve all like it", "approve, and the same kind of call for the rest of the run"),
+    ("deny", "Deny", "deny the pending call, with a reason"),
+    ("redirect", "Redirect", "give the selected agent a new instruction"),
+    ("interrupt", "Interrupt / resume", "interrupt the selected agent (resume when interrupted)"),
+    ("resume", "Resume", "resume an interrupted or failed agent"),
+    ("kill", "Kill", "kill the selected agent"),
+    ("new", "New agent", "start a new agent"),
+    ("merge", "Merge", "merge the selected agent's work into its base branch"),
+    ("discard", "Discard", "discard the selected agent's worktree and branch"),
+    ("next_decision", "Next waiting agent", "jump to the next agent that needs a decision"),
+    ("help", "Keys", "show every key"),
+]
+
+
+def _all_bindings() -> list[Binding]:
+    out = []
+    for source in (FleetScreen.BINDINGS, MissionControl.BINDINGS, ZoomScreen.BINDINGS):
+        out.extend(b for b in source if isinstance(b, Binding))
+    return out
+
+
+def _default_keys() -> dict[str, str]:
+    return {b.id: b.key for b in _all_bindings() if b.id}
+
+
+def run_tui(cfg: Config, *, monitor: bool = False, spawn_configured: bool = False, demo: Any = None) -> int:
+    """Open mission control on the fleet of `cfg` (read-only when monitor, or when another process owns it)."""
+    fleet = Fleet(cfg, readonly=monitor)
+    app = MissionControl(fleet, monitor=monitor, spawn_configured=spawn_configured and not monitor, demo=demo)
+    app.run()
+    return app.return_code or 0
+
+
+__all__ = ["MissionControl", "run_tui"]

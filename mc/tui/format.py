@@ -1,0 +1,117 @@
+"""How agents look: status colours and words, log and diff line styles, short numbers and durations.
+
+Every colour here is one of the 256 xterm colours, and a status is never shown by colour alone: its word
+(and a glyph) always goes with it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rich.text import Text
+
+from mc.agent import Agent
+
+#: status → (glyph, style). The word is the status itself.
+STATUS_STYLE: dict[str, tuple[str, str]] = {
+    "starting": ("◌", "bold cyan"),
+    "running": ("▶", "bold green"),
+    "waiting": ("?", "bold black on yellow"),
+    "idle": ("■", "bold dodger_blue1"),
+    "interrupted": ("‖", "bold magenta"),
+    "merged": ("✓", "green"),
+    "discarded": ("✗", "grey50"),
+    "killed": ("✗", "bold red"),
+    "failed": ("!", "bold white on red3"),
+}
+
+#: log line kind (see mc.agent.LogLine) → style
+LOG_STYLE: dict[str, str] = {
+    "text": "",
+    "user": "bold cyan",
+    "tool": "bold yellow",
+    "output": "grey70",
+    "ok": "green",
+    "err": "red",
+    "warn": "yellow",
+    "info": "grey58",
+    "approval": "bold black on yellow",
+    "partial": "",
+}
+
+# C0 controls except tab, DEL, and the C1 range (CSI 0x9b among them): never let them reach the terminal.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def clean(text: str) -> str:
+    """Text safe to put on screen: tabs expanded, every control character (ESC too) shown as �."""
+    if "\t" in text:
+        text = text.expandtabs(4)
+    return _CONTROL.sub("�", text)
+
+
+def status_text(status: str, *, pad: int = 0) -> Text:
+    """The status as glyph + word in its colour (for example "▶ running")."""
+    glyph, style = STATUS_STYLE.get(status, ("·", "bold"))
+    word = f"{glyph} {status}"
+    return Text(word.ljust(pad), style=style)
+
+
+def short_number(n: int) -> str:
+    """1234 → 1.2k, 1234567 → 1.2M."""
+    if n < 1000:
+        return str(n)
+    if n < 1_000_000:
+        return f"{n / 1000:.1f}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+def duration(seconds: float) -> str:
+    """Elapsed time as m:ss or h:mm:ss."""
+    s = max(0, int(seconds))
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def elapsed(agent: Agent, now: float) -> float:
+    """Seconds the agent has been at work: until now while alive, until its last status when finished."""
+    end = now if agent.status in ("starting", "running", "waiting") else agent.status_since
+    return max(0.0, end - agent.created)
+
+
+def diff_style(line: str) -> str:
+    """Style of one unified-diff line."""
+    if line.startswith(("+++", "---")):
+        return "bold"
+    if line.startswith("+"):
+        return "green"
+    if line.startswith("-"):
+        return "red"
+    if line.startswith("@@"):
+        return "cyan"
+    if line.startswith(("diff ", "index ", "new file", "deleted file", "rename ", "similarity ", "Binary ")):
+        return "bold grey70"
+    return ""
+
+
+def diff_lines(text: str) -> list[tuple[str, str]]:
+    """A unified diff as (style, line) pairs."""
+    return [(diff_style(line), line) for line in text.splitlines()]
+
+
+def header_text(agent: Agent, now: float, *, waiting_lines: int = 0) -> Text:
+    """The one-line summary of an agent: status, runner, elapsed, tokens, files and +/- lines."""
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append_text(status_text(agent.status))
+    t.append(f" {duration(elapsed(agent, now))}")
+    t.append(f" {short_number(agent.tokens)}tok", style="grey62")
+    files = agent.files_changed
+    t.append(f" {files} file{'s' if files != 1 else ''} ")
+    t.append(f"+{agent.lines_added}", style="green")
+    t.append("/")
+    t.append(f"-{agent.lines_removed}", style="red")
+    t.append(f" {agent.runner}", style="grey62")
+    if waiting_lines:
+        t.append(f"  ⏸ {waiting_lines} new", style="bold magenta")
+    return t

@@ -1,0 +1,622 @@
+"""Screens: the fleet view, the zoom into one agent, and the dialogs (prompt, confirm, kill, new, merge, help)."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
+
+from mc.agent import Agent
+from mc.config import APPROVE_POLICIES, RUNNERS, AgentConfig
+from mc.tui.format import LOG_STYLE, clean, diff_lines, header_text
+from mc.tui.lineview import LineView
+from mc.tui.widgets import AgentList, AgentPane, ApprovalBox, LogFeed, SummaryBar
+
+if TYPE_CHECKING:
+    from mc.fleet import Diff
+    from mc.tui.app import MissionControl
+
+#: At most this many panes stream at once in the grid; more agents get the list + one pane.
+GRID_MAX = 12
+PANE_MIN_W = 38
+PANE_MIN_H = 8
+
+
+def grid_shape(n: int, width: int, height: int) -> tuple[int, int] | None:
+    """(columns, rows) of a grid that fits n panes in width x height, or None when a list serves better."""
+    if n == 0 or n > GRID_MAX:
+        return None
+    best: tuple[float, int, int] | None = None
+    for cols in range(1, n + 1):
+        rows = math.ceil(n / cols)
+        w, h = width / cols, height / rows
+        if w < PANE_MIN_W or h < PANE_MIN_H:
+            continue
+        score = abs(w - 2.6 * h) + (cols * rows - n) * 4
+        if best is None or score < best[0]:
+            best = (score, cols, rows)
+    return None if best is None else (best[1], best[2])
+
+
+class TopBar(Static):
+    """The title line: repository and base branch, and MONITOR when this is a read-only view."""
+
+    def show(self, app: MissionControl, extra: str = "") -> None:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append(" missionctl ", style="bold reverse")
+        fleet = app.fleet
+        if fleet is not None:
+            t.append(f" {fleet.root.name}", style="bold")
+            if fleet.base_branch:
+                t.append(f" ({fleet.base_branch})", style="grey62")
+        if app.monitor:
+            owner = fleet.owner_pid if fleet is not None else None
+            t.append("  ")
+            t.append(" MONITOR · read-only ", style="bold black on cyan")
+            who = f"process {owner}" if owner else "another process"
+            t.append(f" the fleet is driven by {who}; decision keys are off here", style="cyan")
+        if extra:
+            t.append("  " + extra)
+        self.update(t)
+
+
+class FleetScreen(Screen):
+    """Every agent: a grid of panes for a few, a compact list plus the selected pane for many."""
+
+    BINDINGS = [
+        Binding("left,h", "move(-1, 0)", "Prev", id="left", show=False),
+        Binding("right,l", "move(1, 0)", "Next", id="right", show=False),
+        Binding("up,k", "move(0, -1)", "Up", id="up", show=False),
+        Binding("down,j", "move(0, 1)", "Down", id="down", show=False),
+        Binding("enter", "zoom", "Zoom", id="zoom"),
+        Binding("pageup", "log_page(-1)", "Log up", id="log_up", show=False),
+        Binding("pagedown", "log_page(1)", "Log down", id="log_down", show=False),
+        Binding("end", "log_follow", "Follow log", id="follow", show=False),
+        *[Binding(str(i), f"select({i})", f"Agent {i}", id=f"agent_{i}", show=False) for i in range(1, 10)],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="fleet")
+        self.topbar = TopBar(id="topbar")
+        self.summary = SummaryBar(id="summary")
+        self.body = Container(id="body")
+        self.panes: dict[str, AgentPane] = {}
+        self.focus_pane: AgentPane | None = None
+        self.agent_list: AgentList | None = None
+        self._layout_key: tuple[Any, ...] = ()
+        self.cols = 1
+
+    @property
+    def mc(self) -> MissionControl:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield self.topbar
+        yield self.summary
+        yield self.body
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.topbar.show(self.mc)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.relayout)
+
+    def on_screen_resume(self) -> None:
+        self.relayout()
+        self.sync(None)
+
+    # -- layout ----------------------------------------------------------------------------------
+    def relayout(self, force: bool = False) -> None:
+        """Rebuild the body when the number of agents or the terminal size calls for another layout."""
+        agents = self.mc.agents()
+        width, height = self.size.width, self.size.height
+        avail = max(1, height - 3)
+        shape = grid_shape(len(agents), width, avail)
+        side = width >= 150
+        key = (tuple(a.id for a in agents), shape, side if shape is None else None, avail if shape is None else 0)
+        if key == self._layout_key and not force:
+            return
+        self._layout_key = key
+        self.body.remove_children()
+        self.panes = {}
+        self.focus_pane = None
+        self.agent_list = None
+        self.body.remove_class("grid", "list-side", "list-top", "empty")
+        if not agents:
+            self.body.add_class("empty")
+            hint = "" if self.mc.monitor else f" Press {self.mc.key_hint('new')} to start one."
+            self.body.mount(Static(f"No agents in this fleet yet.{hint}", classes="empty"))
+        elif shape is not None:
+            cols, rows = shape
+            self.cols = cols
+            self.body.add_class("grid")
+            self.body.styles.grid_size_columns = cols
+            self.body.styles.grid_size_rows = rows
+            panes = [AgentPane(a.id, index=i + 1) for i, a in enumerate(agents)]
+            self.panes = {p.agent_id: p for p in panes}
+            self.body.mount_all(panes)
+        else:
+            self.cols = 1
+            self.body.add_class("list-side" if side else "list-top")
+            self.agent_list = AgentList()
+            if not side:
+                self.agent_list.styles.height = min(len(agents), max(3, avail - 12))
+            index = self.mc.index_of(self.mc.selected)
+            self.focus_pane = AgentPane(self.mc.selected or agents[0].id, index=index, approval_lines=6)
+            self.panes = {self.focus_pane.agent_id: self.focus_pane}
+            self.body.mount(self.agent_list, self.focus_pane)
+        self.call_after_refresh(self.sync, None)
+
+    # -- updates ---------------------------------------------------------------------------------
+    def sync(self, dirty: set[str] | None) -> None:
+        """Update the visible panes of the agents in `dirty` (all when None), the list and the summary."""
+        app = self.mc
+        if app.fleet is None:
+            return
+        agents = app.agents()
+        if not self._layout_key or tuple(a.id for a in agents) != self._layout_key[0]:
+            self.relayout()
+            return
+        now = app.now()
+        keys = app.key_hint
+        if self.focus_pane is not None and app.selected and self.focus_pane.agent_id != app.selected:
+            self.focus_pane.show_agent(app.selected, app.index_of(app.selected))
+            self.panes = {app.selected: self.focus_pane}
+            dirty = None
+        for agent_id, pane in self.panes.items():
+            if not pane.is_mounted:
+                continue
+            agent = app.fleet.agents.get(agent_id)
+            if agent is None:
+                continue
+            if dirty is None or agent_id in dirty:
+                pane.sync(agent, now, keys)
+            pane.set_class(agent_id == app.selected, "selected")
+        if self.agent_list is not None:
+            self.agent_list.set_state(agents, app.selected, now)
+        self.summary.show_fleet(agents, keys)
+
+    def tick(self) -> None:
+        """Once a second: elapsed times of the agents at work."""
+        app = self.mc
+        if app.fleet is None:
+            return
+        now = app.now()
+        for agent_id, pane in self.panes.items():
+            agent = app.fleet.agents.get(agent_id)
+            if agent is not None and pane.is_mounted and agent.status in ("starting", "running", "waiting"):
+                pane.update_header(agent, now)
+        if self.agent_list is not None:
+            self.agent_list.set_state(app.agents(), app.selected, now)
+
+    # -- actions ---------------------------------------------------------------------------------
+    def action_move(self, dx: int, dy: int) -> None:
+        agents = self.mc.agents()
+        if not agents:
+            return
+        ids = [a.id for a in agents]
+        pos = ids.index(self.mc.selected) if self.mc.selected in ids else 0
+        step = dx + dy * (self.cols if self.agent_list is None else 1)
+        self.mc.select(ids[max(0, min(len(ids) - 1, pos + step))])
+
+    def action_select(self, number: int) -> None:
+        agents = self.mc.agents()
+        if 0 < number <= len(agents):
+            self.mc.select(agents[number - 1].id)
+
+    def action_zoom(self) -> None:
+        if self.mc.selected:
+            self.mc.zoom(self.mc.selected)
+
+    def _selected_pane(self) -> AgentPane | None:
+        return self.panes.get(self.mc.selected or "")
+
+    def action_log_page(self, direction: int) -> None:
+        pane = self._selected_pane()
+        if pane is not None:
+            view = pane.log_view
+            view.scroll_to(y=view.scroll_y + direction * max(1, view.size.height - 1), animate=False)
+
+    def action_log_follow(self) -> None:
+        pane = self._selected_pane()
+        if pane is not None:
+            pane.log_view.action_follow()
+
+    @on(AgentPane.Clicked)
+    @on(AgentList.Clicked)
+    def _clicked(self, message: AgentPane.Clicked | AgentList.Clicked) -> None:
+        self.mc.select(message.agent_id)
+
+    @on(LineView.FollowChanged)
+    def _follow_changed(self, message: LineView.FollowChanged) -> None:
+        for pane in self.panes.values():
+            if pane.log_view is message.view and self.mc.fleet is not None:
+                agent = self.mc.fleet.agents.get(pane.agent_id)
+                if agent is not None:
+                    pane.update_header(agent, self.mc.now())
+
+
+class ZoomScreen(Screen):
+    """One agent: its log and its diff side by side (stacked when narrow), both live."""
+
+    BINDINGS = [
+        Binding("escape", "back", "Back", id="back"),
+    ]
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(id="zoom")
+        self.agent_id = agent_id
+        self.topbar = TopBar(id="topbar")
+        self.head = Static(id="zoom-head")
+        self.approval = ApprovalBox(classes="approval")
+        self.log_view = LineView(styles=LOG_STYLE, id="zoom-log")
+        self.diff_view = LineView(follow=False, max_lines=1_000_000, id="zoom-diff")
+        self.files = Static(id="zoom-files")
+        self.feed = LogFeed(self.log_view)
+        self._diff: Diff | bool | None = False
+        self._version = -1
+
+    @property
+    def mc(self) -> MissionControl:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield self.topbar
+        yield self.head
+        with VerticalScroll(id="zoom-approval"):
+            yield self.approval
+        with Container(id="split"):
+            with Vertical(id="log-side"):
+                yield Label("log", classes="side-title")
+                yield self.log_view
+            with Vertical(id="diff-side"):
+                with VerticalScroll(id="files-box"):
+                    yield self.files
+                yield self.diff_view
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.log_view.border_title = "log"
+        self.diff_view.border_title = "diff"
+        self.query_one("#split").set_class(self.size.width < 120, "stacked")
+        self.log_view.focus()
+        self.show_agent(self.agent_id)
+
+    def on_resize(self) -> None:
+        self.query_one("#split").set_class(self.size.width < 120, "stacked")
+
+    def show_agent(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self._diff = False
+        self._version = -1
+        self.sync(True)
+
+    def sync(self, diff_changed: bool = False) -> None:
+        fleet = self.mc.fleet
+        agent = fleet.agents.get(self.agent_id) if fleet is not None else None
+        if agent is None or fleet is None:
+            return
+        self.topbar.show(self.mc, extra=f"zoom: {agent.name}")
+        self.tick()
+        if agent.version != self._version:
+            self._version = agent.version
+            self.approval.show_request(agent, self.mc.key_hint, 40)
+            self.query_one("#zoom-approval").display = bool(agent.pending)
+            self.feed.sync(agent)
+        diff = fleet.diff(agent.id)
+        if diff is not self._diff or diff_changed:
+            self._diff = diff
+            self._show_diff(agent, diff)
+
+    def tick(self) -> None:
+        fleet = self.mc.fleet
+        agent = fleet.agents.get(self.agent_id) if fleet is not None else None
+        if agent is None:
+            return
+        t = header_text(agent, self.mc.now(), waiting_lines=self.log_view.waiting)
+        t.append("\n")
+        t.append(f"{agent.branch} from {agent.base_ref}  ", style="grey62")
+        t.append("task: ", style="bold")
+        t.append(clean(agent.task.splitlines()[0] if agent.task else ""))
+        if agent.error:
+            t.append("\n" + clean(agent.error), style="red")
+        self.head.update(t)
+        follow = "" if self.log_view.follow else f"paused · {self.log_view.waiting} new · end: follow"
+        self.log_view.border_subtitle = follow
+
+    def _show_diff(self, agent: Agent, diff: Diff | None) -> None:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        files = diff.files if diff is not None else agent.diff_files
+        if not files:
+            t.append("no changes yet", style="grey58")
+        else:
+            added = diff.added if diff is not None else agent.lines_added
+            removed = diff.removed if diff is not None else agent.lines_removed
+            t.append(f"{len(files)} file{'s' if len(files) != 1 else ''} changed  ", style="bold")
+            t.append(f"+{added}", style="green")
+            t.append(" ")
+            t.append(f"-{removed}", style="red")
+            if diff is not None and diff.truncated:
+                t.append("  (diff truncated)", style="yellow")
+            for f in files:
+                t.append(f"\n{f.status:>2} ", style="bold")
+                t.append(clean(f.path))
+                if f.binary:
+                    t.append("  binary", style="grey58")
+                else:
+                    t.append(f"  +{f.added}", style="green")
+                    t.append(f" -{f.removed}", style="red")
+        self.files.update(t)
+        y = self.diff_view.scroll_y
+        self.diff_view.set_lines(diff_lines(diff.text) if diff is not None else [])
+        self.diff_view.scroll_to(y=y, animate=False)
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    @on(LineView.FollowChanged)
+    def _follow_changed(self, message: LineView.FollowChanged) -> None:
+        self.tick()
+
+
+# -- dialogs ---------------------------------------------------------------------------------------
+class TextPrompt(ModalScreen[str | None]):
+    """One line of text (a deny reason, a new instruction). Enter sends, escape cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
+
+    def __init__(self, title: str, placeholder: str = "", *, allow_empty: bool = True) -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.placeholder = placeholder
+        self.allow_empty = allow_empty
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield Input(placeholder=self.placeholder, id="prompt-input")
+            yield Label("enter: send   escape: cancel", classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        value = event.value.strip()
+        if not value and not self.allow_empty:
+            self.notify("type something first (escape cancels)", severity="warning")
+            return
+        self.dismiss(value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question. y or enter confirms, n or escape cancels."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes", id="dialog.yes"),
+        Binding("n,escape", "answer(False)", "No", id="dialog.no"),
+    ]
+
+    def __init__(self, question: str, yes: str = "Yes") -> None:
+        super().__init__(classes="dialog-screen")
+        self.question = question
+        self.yes = yes
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self.question, classes="dialog-title")
+            with Horizontal(classes="buttons"):
+                yield Button(f"{self.yes} (y)", variant="error", id="yes")
+                yield Button("Cancel (n)", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class KillScreen(ModalScreen[tuple[bool, bool] | None]):
+    """Confirm a kill, optionally discarding the worktree too. Returns (kill, discard) or None."""
+
+    BINDINGS = [
+        Binding("y", "kill", "Kill", id="dialog.yes"),
+        Binding("n,escape", "cancel", "Cancel", id="dialog.no"),
+    ]
+
+    def __init__(self, name: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.agent_name = name
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(
+                f"Kill {self.agent_name}? It stops now with every process it started. "
+                "Its worktree and branch stay unless you tick the box.",
+                classes="dialog-title",
+            )
+            yield Checkbox("also discard the worktree (a snapshot ref is kept)", id="discard")
+            with Horizontal(classes="buttons"):
+                yield Button("Kill (y)", variant="error", id="yes")
+                yield Button("Cancel (n)", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def action_kill(self) -> None:
+        self.dismiss((True, self.query_one("#discard", Checkbox).value))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "yes":
+            self.action_kill()
+        else:
+            self.dismiss(None)
+
+
+class NewAgentScreen(ModalScreen[AgentConfig | None]):
+    """The form for a new agent: name, task, runner, model, base ref, policy (and a command for `command`)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
+
+    def __init__(self, default_base: str = "") -> None:
+        super().__init__(classes="dialog-screen")
+        self.default_base = default_base
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(classes="dialog form"):
+            yield Label("New agent", classes="dialog-title")
+            yield Input(placeholder="name (letters, digits, . _ -)", id="name")
+            yield Input(placeholder="task: what should it do?", id="task")
+            yield Select([(r, r) for r in RUNNERS], value="builtin", allow_blank=False, id="runner")
+            yield Input(placeholder="model (empty: the config's)", id="model")
+            yield Input(placeholder="command (runner = command only; {task} is replaced)", id="command")
+            yield Input(placeholder=f"base ref (empty: {self.default_base or 'the current branch'})", id="base")
+            yield Select(
+                [("policy: the config's", "")] + [(f"policy: {p}", p) for p in APPROVE_POLICIES],
+                value="",
+                allow_blank=False,
+                id="policy",
+            )
+            with Horizontal(classes="buttons"):
+                yield Button("Start", variant="primary", id="start")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#name", Input).focus()
+
+    def _value(self, wid: str) -> str:
+        return self.query_one(f"#{wid}", Input).value.strip()
+
+    def _submit(self) -> None:
+        name, task = self._value("name"), self._value("task")
+        if not name or not task:
+            self.notify("give the agent a name and a task", severity="warning")
+            return
+        self.dismiss(
+            AgentConfig(
+                name=name,
+                task=task,
+                runner=str(self.query_one("#runner", Select).value),
+                model=self._value("model"),
+                command=self._value("command"),
+                base=self._value("base"),
+                policy=str(self.query_one("#policy", Select).value or ""),
+            )
+        )
+
+    @on(Input.Submitted)
+    def _enter(self, event: Input.Submitted) -> None:
+        if event.input.id == "task" or (event.input.id == "name" and self._value("task")):
+            self._submit()
+        else:
+            self.focus_next()
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "start":
+            self._submit()
+        else:
+            self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class MergeScreen(ModalScreen[str | None]):
+    """The final diff, and how to land it: ff, merge or squash. Returns the mode or None."""
+
+    BINDINGS = [
+        Binding("f", "choose('ff')", "Fast-forward", id="merge.ff"),
+        Binding("g", "choose('merge')", "Merge commit", id="merge.merge"),
+        Binding("s", "choose('squash')", "Squash", id="merge.squash"),
+        Binding("escape", "choose(None)", "Cancel", id="dialog.cancel"),
+    ]
+
+    def __init__(self, agent: Agent, diff: Diff | None, default_mode: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.agent = agent
+        self.diff = diff
+        self.default_mode = default_mode
+
+    def compose(self) -> ComposeResult:
+        a = self.agent
+        summary = self.diff.summary() if self.diff is not None else "no diff"
+        with Vertical(classes="dialog merge"):
+            yield Static(
+                Text.assemble(
+                    ("Merge ", "bold"),
+                    (a.name, "bold"),
+                    f" ({a.branch}) into {a.base_ref}: {summary}",
+                ),
+                classes="dialog-title",
+            )
+            view = LineView(follow=False, max_lines=1_000_000, id="merge-diff")
+            view.set_lines(diff_lines(self.diff.text) if self.diff is not None else [])
+            yield view
+            with Horizontal(classes="buttons"):
+                for mode, label in (
+                    ("ff", "fast-forward (f)"),
+                    ("merge", "merge commit (g)"),
+                    ("squash", "squash (s)"),
+                ):
+                    yield Button(
+                        label, id=f"mode-{mode}", variant="primary" if mode == self.default_mode else "default"
+                    )
+                yield Button("Cancel (esc)", id="mode-cancel")
+
+    def on_mount(self) -> None:
+        self.query_one(f"#mode-{self.default_mode}", Button).focus()
+
+    def action_choose(self, mode: str | None) -> None:
+        self.dismiss(mode)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        mode = (event.button.id or "").removeprefix("mode-")
+        self.dismiss(None if mode == "cancel" else mode)
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key, as remapped by [ui.keys], with what it does."""
+
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close", id="help.close")]
+
+    def compose(self) -> ComposeResult:
+        app: MissionControl = self.app  # type: ignore[assignment]
+        table = Table(box=None, show_header=True, header_style="bold", pad_edge=False, expand=False)
+        table.add_column("key", style="bold yellow", no_wrap=True)
+        table.add_column("what it does")
+        table.add_column("id ([ui.keys])", style="grey58", no_wrap=True)
+        for binding_id, keys, description in app.help_rows():
+            table.add_row(keys, description, binding_id)
+        with VerticalScroll(classes="dialog help"):
+            yield Static(Text("Keys", style="bold"), classes="dialog-title")
+            yield Static(table)
+            yield Static(
+                'Remap any key in the config: [ui.keys] approve = "y". '
+                "ctrl+p opens the command palette. escape closes this help.",
+                classes="dialog-hint",
+            )
+
+    def action_close(self) -> None:
+        self.dismiss(None)
