@@ -103,6 +103,7 @@ async def _run_headless(cfg: Config, out: Any = None) -> int:
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         for task in (waiter, stopper):
             task.cancel()
+        await fleet.refresh_diffs()
     finally:
         await fleet.close()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -630,6 +630,22 @@ class Fleet:
         self._on_diff(agent.id, diff)
         return diff
 
+    async def refresh_diffs(self) -> None:
+        """Bring every live agent's diff up to date now (two at a time), e.g. before a headless run exits."""
+        semaphore = asyncio.Semaphore(2)
+
+        async def one(agent: Agent) -> None:
+            async with semaphore:
+                with contextlib.suppress(Exception):
+                    await self.refresh_diff(agent.id)
+
+        live = [
+            a
+            for a in self.agents.values()
+            if a.status not in ("merged", "discarded") and a.worktree and Path(a.worktree).is_dir()
+        ]
+        await asyncio.gather(*(one(a) for a in live))
+
     def _on_worktree_change(self, agent_id: str, paths: Any = None) -> None:
         self.request_diff(agent_id)
 

@@ -184,6 +184,8 @@ class BuiltinRunner(Runner):
         if fut is None or fut.done():
             raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
         fut.set_result((decision, reason))
+        if not self.ctx.agent.pending:
+            self.ctx.status("running")  # at once, so that nobody sees the agent settled in between
 
     async def interrupt(self) -> None:
         await self._stop_turn(INTERRUPTED)

@@ -669,6 +669,10 @@ class ThreadedServer:
     def requests(self) -> list[RecordedRequest]:
         return self.server.requests
 
+    def requests_for(self, agent: str) -> list[RecordedRequest]:
+        """The requests answered by one scripted agent (by its name)."""
+        return self.server.requests_for(agent)
+
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
