@@ -74,6 +74,17 @@ def enable_subreaper() -> bool:
     return True
 
 
+def disable_subreaper() -> None:
+    """Stop being the reaper of orphans (for tests that must leave the process as they found it)."""
+    global _subreaper_on
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(0), 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+    _subreaper_on = False
+
+
 def subreaper_enabled() -> bool:
     """Whether this process is a child subreaper (asks the kernel)."""
     if not sys.platform.startswith("linux"):

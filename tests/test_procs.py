@@ -19,9 +19,14 @@ PY = sys.executable
 
 @pytest.fixture(scope="module", autouse=True)
 def subreaper() -> None:
+    was_on = procs.subreaper_enabled()
     assert procs.enable_subreaper()
     assert procs.enable_subreaper()  # idempotent
     assert procs.subreaper_enabled()
+    yield
+    if not was_on:
+        procs.disable_subreaper()
+        assert not procs.subreaper_enabled()
 
 
 @pytest.fixture

@@ -175,6 +175,18 @@ async def test_git_apply_refuses_a_path_through_an_inside_symlink_to_outside(lay
     assert (layout["outside"] / "secret.txt").read_text() == "secret\n"
 
 
+def test_open_refuses_a_symlink_swapped_in_after_the_check(layout: dict[str, Path], monkeypatch) -> None:
+    """The check-then-open race: even if the path check is passed, openat2 (or O_NOFOLLOW) refuses the symlink."""
+    ws = Workspace(layout["wt"])
+    monkeypatch.setattr(Workspace, "resolve", lambda self, path, for_write=False: self.root / path)
+    for path in ("linkdir/secret.txt", "dangling", "inside_link"):
+        with pytest.raises(Refusal, match="while it was being opened"):
+            ws.open_fd(path, os.O_RDONLY)
+    with pytest.raises(Refusal):
+        ws.open_fd("dangling", os.O_WRONLY | os.O_CREAT, 0o644, for_write=True)
+    assert not (layout["outside"] / "created-through-link.txt").exists()
+
+
 # --------------------------------------------------------------------------------------------- files
 
 

@@ -123,8 +123,8 @@ async def run_tool(
         return ToolOutcome(False, f"{name}: the arguments must be a JSON object")
     try:
         if name == "shell":
-            return await _shell(args, ws, on_output, env, tools_cfg, tag)
-        if name == "read_file":
+            outcome = await _shell(args, ws, on_output, env, tools_cfg, tag)
+        elif name == "read_file":
             outcome = _read_file(args, ws)
         elif name == "write_file":
             outcome = _write_file(args, ws)
@@ -136,6 +136,8 @@ async def run_tool(
             outcome = await _search(args, ws, env, tag)
     except _BadArgs as exc:
         return ToolOutcome(False, str(exc))
+    except OSError as exc:  # a program or folder that cannot be started or read
+        return ToolOutcome(False, f"{name} failed: {exc}")
     return ToolOutcome(outcome.ok, truncate_output(outcome.output, tools_cfg.max_output), outcome.exit_code)
 
 
