@@ -169,7 +169,7 @@ class Fleet:
             agent = self.agents[agent_id]
             was = agent.status
             with contextlib.suppress(Exception):
-                await runner.kill()
+                await runner.detach()
             await asyncio.to_thread(procs.kill_tagged, self._tag(agent_id))
             if was in ("starting", "running") and not self.readonly:
                 self.emit(

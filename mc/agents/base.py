@@ -74,6 +74,11 @@ class Runner(abc.ABC):
     async def kill(self) -> None:
         """Stop the agent and every process it started. Returns when none is left."""
 
+    async def detach(self) -> None:
+        """Mission control is closing: stop without answering anything, so that pending approvals and the
+        conversation stay on disk exactly as they are and come back on the next start."""
+        await self.kill()
+
     async def restore(self) -> None:  # noqa: B027 - optional hook
         """Called after a restart for an agent whose approvals are still pending: be ready to resolve them."""
 

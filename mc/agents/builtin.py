@@ -164,6 +164,7 @@ class BuiltinRunner(Runner):
         self._task: asyncio.Task[None] | None = None
         self._approvals: dict[str, asyncio.Future[tuple[str, str]]] = {}
         self._cancel_reason = INTERRUPTED
+        self._detaching = False
 
     # -- protocol ----------------------------------------------------------------------------------
     @property
@@ -204,6 +205,13 @@ class BuiltinRunner(Runner):
         await self._stop_turn(INTERRUPTED)
         with contextlib.suppress(Exception):
             await self.client.close()
+
+    async def detach(self) -> None:
+        self._detaching = True
+        try:
+            await self.kill()
+        finally:
+            self._detaching = False
 
     # -- the loop ----------------------------------------------------------------------------------
     def _spawn_turn(self, after_restart: bool = False, quiet: bool = False) -> None:
@@ -261,8 +269,9 @@ class BuiltinRunner(Runner):
                     break
             ctx.status("idle", "turn done")
         except asyncio.CancelledError:
-            for call in outstanding_calls(ctx.agent.conversation):
-                self._answer(call, self._cancel_reason, ok=False)
+            if not self._detaching:  # closing: leave the conversation for the next start
+                for call in outstanding_calls(ctx.agent.conversation):
+                    self._answer(call, self._cancel_reason, ok=False)
             for fut in self._approvals.values():
                 if not fut.done():
                     fut.cancel()
