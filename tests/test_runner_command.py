@@ -219,7 +219,7 @@ async def test_kill_leaves_no_process_of_the_tree(repo, tmp_path, fleet_factory)
     await wait_for(lambda: "ready" in log_text(fleet, "tree"), what="the tree to start")
 
     def sleepers() -> list[str]:
-        out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(["ps", "-ww", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True).stdout
         return [line for line in out.splitlines() if f"sleep {marker}" in line and " Z" not in line]
 
     await wait_for(lambda: len(sleepers()) >= 6, what="six sleepers")

@@ -1,0 +1,634 @@
+"""The claude runner: Claude Code in SDK mode, one long-lived process per agent.
+
+``claude -p --output-format stream-json --input-format stream-json --verbose --permission-prompt-tool stdio``
+reads user messages and control messages on stdin and writes one JSON object per line on stdout:
+``system`` (``init``, with the session id), ``assistant`` (``text`` and ``tool_use`` blocks), ``user``
+(``tool_result`` blocks), ``result`` (the end of a turn, with usage) and ``control_request``
+``can_use_tool`` — its permission questions, which become our approvals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from mc import events as ev
+from mc import procs
+from mc.agents.base import Runner, RunnerContext, RunnerError
+
+try:
+    from mc.tools.commands import allowed_by_prefix, command_key
+except ImportError:  # pragma: no cover - the tools package is always there in a full installation
+
+    def command_key(command: str) -> str:
+        return command.strip()
+
+    def allowed_by_prefix(command: str, allow: list[str]) -> bool:
+        return False
+
+
+#: Environment variable naming the Claude Code executable (default "claude").
+BIN_ENV = "MC_CLAUDE_BIN"
+SDK_ARGS = (
+    "-p",
+    "--output-format",
+    "stream-json",
+    "--input-format",
+    "stream-json",
+    "--verbose",
+    "--permission-prompt-tool",
+    "stdio",
+)
+INSTALL_HINT = (
+    "install Claude Code (npm install -g @anthropic-ai/claude-code), or point MC_CLAUDE_BIN or the agent's "
+    "command at it"
+)
+#: What resume says to a session that was interrupted.
+CONTINUE = "Continue with the task where you left off."
+#: A JSON line longer than this is cut (and then reported as unreadable).
+MAX_LINE = 32 * 1024 * 1024
+#: Characters of a tool result kept in the log event.
+MAX_RESULT = 20_000
+#: Characters of stderr kept for the message of a crash.
+STDERR_TAIL = 2000
+#: Seconds to wait for Claude Code to acknowledge an interrupt, and for the interrupted turn to end.
+INTERRUPT_WAIT = 5.0
+
+WRITE_TOOLS = frozenset({"Edit", "Write", "MultiEdit", "NotebookEdit"})
+READ_TOOLS = frozenset({"Read", "Glob", "Grep", "LS", "NotebookRead", "TodoWrite"})
+
+
+def kind_of(tool: str) -> str:
+    """Bash → command; Edit, Write, MultiEdit, NotebookEdit → write; any other tool → read."""
+    if tool == "Bash":
+        return "command"
+    if tool in WRITE_TOOLS:
+        return "write"
+    return "read"
+
+
+def remember_key(tool: str, kind: str, tool_input: dict[str, Any]) -> str:
+    """What approve-all remembers: "command:<program subcommand>", "write", "read" or "tool:<name>"."""
+    if kind == "command":
+        return "command:" + command_key(str(tool_input.get("command", "")))
+    if kind == "write" or tool in READ_TOOLS:
+        return kind
+    return f"tool:{tool}"
+
+
+def needs_approval(policy: str, kind: str, command: str, allow: list[str]) -> bool:
+    """Whether the approval policy makes a call of this kind wait for the engineer."""
+    if policy == "never":
+        return False
+    if policy == "writes":
+        return kind in ("write", "command")
+    if policy == "commands":
+        return kind == "command" and not allowed_by_prefix(command, allow)
+    return True
+
+
+def _rel(path: str, root: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(Path(path).relative_to(root))
+    return path
+
+
+def summarize(tool: str, tool_input: dict[str, Any], root: Path) -> str:
+    """One line for the log: the command, the path, the pattern …"""
+    if tool == "Bash":
+        return str(tool_input.get("command", ""))
+    for key in ("file_path", "notebook_path", "path"):
+        if tool_input.get(key):
+            return f"{tool} {_rel(str(tool_input[key]), root)}"
+    for key in ("pattern", "url", "query", "description", "prompt"):
+        if tool_input.get(key):
+            return f"{tool} {str(tool_input[key])[:120]}"
+    return tool
+
+
+def _lines(prefix: str, text: str, limit: int = 400) -> list[str]:
+    lines = text.splitlines() or [""]
+    shown = [prefix + line for line in lines[:limit]]
+    if len(lines) > limit:
+        shown.append(f"{prefix}… ({len(lines) - limit} more lines)")
+    return shown
+
+
+def describe(tool: str, tool_input: dict[str, Any], root: Path) -> str:
+    """The approval's detail: the full command, or the change as diff-like text."""
+    if tool == "Bash":
+        text = str(tool_input.get("command", ""))
+        if tool_input.get("description"):
+            text += f"\n# {tool_input['description']}"
+        return text
+    path = _rel(str(tool_input.get("file_path") or tool_input.get("notebook_path") or ""), root)
+    if tool == "Write":
+        return "\n".join([f"+++ {path} (whole file)", *_lines("+", str(tool_input.get("content", "")))])
+    if tool in ("Edit", "MultiEdit"):
+        edits = tool_input.get("edits") if tool == "MultiEdit" else [tool_input]
+        out = [f"--- {path}", f"+++ {path}"]
+        for edit in edits or []:
+            if not isinstance(edit, dict):
+                continue
+            out.append("@@" + (" (every occurrence)" if edit.get("replace_all") else ""))
+            out += _lines("-", str(edit.get("old_string", "")))
+            out += _lines("+", str(edit.get("new_string", "")))
+        return "\n".join(out)
+    if tool == "NotebookEdit":
+        head = f"+++ {path} cell {tool_input.get('cell_id', '?')} ({tool_input.get('edit_mode', 'replace')})"
+        return "\n".join([head, *_lines("+", str(tool_input.get("new_source", "")))])
+    return json.dumps(tool_input, indent=2, ensure_ascii=False)[:8000]
+
+
+def result_text(content: Any) -> str:
+    """The text of a tool_result's content (a string, or a list of text/image blocks)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, dict):
+                if block.get("type") == "text":
+                    parts.append(str(block.get("text", "")))
+                else:
+                    parts.append(f"[{block.get('type', 'block')}]")
+        return "\n".join(parts)
+    return "" if content is None else json.dumps(content)
+
+
+class ClaudeRunner(Runner):
+    """Drives Claude Code over its stream-json SDK protocol.
+
+    * Executable: ``[[agents]] command`` when set (e.g. ``"npx @anthropic-ai/claude-code"``), else
+      ``$MC_CLAUDE_BIN``, else ``claude``; the SDK arguments are appended, and ``--model`` when the agent
+      names a model. It runs in the worktree with mission control's environment (its login or
+      ``ANTHROPIC_API_KEY``).
+    * Permission questions (``can_use_tool``) go through our approval policy: the ones it lets run are
+      answered at once, the others wait as approvals. Claude Code's own settings may allow a call
+      before it asks (reads, usually): those only show in the log.
+    * The session id is kept as runner state, so after an interrupt, a crash or a restart of mission
+      control the next instruction (or resume) starts ``claude --resume=<session>``.
+    * Redirect: a new user message; a turn that runs is interrupted first (``control_request``
+      ``interrupt``). Interrupt: the turn is interrupted and the process stops (the session stays).
+    """
+
+    kind = "claude"
+
+    def __init__(self, ctx: RunnerContext) -> None:
+        super().__init__(ctx)
+        self._proc: procs.Proc | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stderr = ""
+        self._outstanding = 0  # user messages sent whose result has not come yet
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._approvals: dict[str, dict[str, Any]] = {}  # approval id → the question
+        self._controls: dict[str, asyncio.Future[dict[str, Any]]] = {}  # our requests → their answers
+        self._counter = 0
+        self._expect_exit = False  # we stop the process: its exit is no failure
+        self._quiet = False  # an interrupt is under way: its result is no "turn done"
+        self._last_text = ""
+
+    # -- protocol ----------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._outstanding > 0
+
+    @property
+    def session_id(self) -> str:
+        return str(self.ctx.agent.runner_state.get("session_id", ""))
+
+    async def start(self, task: str) -> None:
+        await self._say(task)
+
+    async def send(self, text: str) -> None:
+        if self._alive and self._outstanding:
+            await self._interrupt_turn("the engineer gave a new instruction instead")
+        await self._say(text)
+
+    async def resolve(self, approval_id: str, decision: str, reason: str = "") -> None:
+        question = self._approvals.pop(approval_id, None)
+        if question is None or not self._alive:
+            raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
+        if decision in ("approve", "approve_all"):
+            await self._allow(question)
+            if decision == "approve_all":
+                for other_id, other in list(self._approvals.items()):
+                    if other["key"] == question["key"]:
+                        self._approvals.pop(other_id)
+                        self.ctx.emit(
+                            ev.ApprovalResolved(agent=self.ctx.agent_id, approval_id=other_id, decision="approve")
+                        )
+                        await self._allow(other)
+        else:
+            text = "The engineer denied this call."
+            if reason:
+                text += f" Their reason: {reason}"
+            await self._deny(question, text)
+        if not self._approvals and self.ctx.agent.status == "waiting":
+            self.ctx.status("running")
+
+    async def interrupt(self) -> None:
+        if self._alive and self._outstanding:
+            await self._interrupt_turn("the engineer interrupted the turn")
+        await self._stop_process()
+        self._outstanding = 0
+        self._idle.set()
+        self.ctx.status("interrupted", "by the engineer")
+
+    async def resume(self) -> None:
+        if self.busy and self._alive:
+            return
+        text = CONTINUE if self.session_id else (self._last_text or self.ctx.agent.task)
+        await self._say(text)
+
+    async def restore(self) -> None:
+        """After a restart the question Claude Code asked is gone with its process: say so, resumable."""
+        if self._alive:
+            return
+        agent = self.ctx.agent
+        for approval_id in list(agent.pending):
+            self.ctx.emit(
+                ev.ApprovalResolved(
+                    agent=agent.id,
+                    approval_id=approval_id,
+                    decision="deny",
+                    reason="mission control restarted: Claude Code's question went with its process",
+                )
+            )
+        self.ctx.status("interrupted", "mission control restarted while Claude Code waited; resume to continue")
+
+    async def kill(self) -> None:
+        await self._stop_process()
+        await asyncio.to_thread(procs.kill_tagged, self.ctx.tag)
+        self._outstanding = 0
+        self._idle.set()
+
+    # -- the process -------------------------------------------------------------------------------
+    @property
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    def argv(self) -> list[str]:
+        """The command line that starts Claude Code for this agent."""
+        spec = self.ctx.spec
+        base = shlex.split(spec.command) if spec.command.strip() else [os.environ.get(BIN_ENV) or "claude"]
+        args = [*base, *SDK_ARGS]
+        model = self.ctx.agent.model or spec.model
+        if model:
+            args += ["--model", model]
+        if self.session_id:
+            args.append(f"--resume={self.session_id}")  # one token: a session id can never read as a flag
+        return args
+
+    async def _spawn(self) -> bool:
+        ctx = self.ctx
+        argv = self.argv()
+        env = {k: v for k, v in os.environ.items() if k != "CLAUDECODE"}
+        env["PWD"] = str(ctx.worktree)
+        try:
+            proc = await procs.start(argv, cwd=ctx.worktree, env=env, tag=ctx.tag, stdin=True, stderr="separate")
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) or "No such file" in str(exc):
+                self._fail(f"Claude Code not found ({argv[0]}): {INSTALL_HINT}")
+            else:
+                self._fail(f"cannot start Claude Code ({argv[0]}): {exc}")
+            return False
+        self._proc = proc
+        self._stderr = ""
+        self._expect_exit = False
+        self._spawn_task(self._read(proc))
+        self._spawn_task(self._read_stderr(proc))
+        await self._control({"subtype": "initialize", "hooks": None}, wait=None)
+        return True
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stop_process(self) -> None:
+        proc = self._proc
+        self._expect_exit = True
+        for fut in self._controls.values():
+            if not fut.done():
+                fut.cancel()
+        self._controls.clear()
+        self._approvals.clear()
+        if proc is not None:
+            await proc.kill(grace=1.0)
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(task), 3.0)
+        self._proc = None
+
+    async def _write(self, message: dict[str, Any]) -> bool:
+        proc = self._proc
+        if proc is None:
+            return False
+        try:
+            await proc.write(json.dumps(message) + "\n")
+        except OSError:  # BrokenPipeError: it exited; the reader reports why
+            return False
+        return True
+
+    async def _control(self, request: dict[str, Any], wait: float | None) -> dict[str, Any] | None:
+        """Send a control request; with `wait`, return its answer (None when none came in time)."""
+        self._counter += 1
+        request_id = f"mc-{self._counter}-{os.urandom(3).hex()}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        if wait is not None:
+            self._controls[request_id] = fut
+        if not await self._write({"type": "control_request", "request_id": request_id, "request": request}):
+            self._controls.pop(request_id, None)
+            return None
+        if wait is None:
+            return None
+        try:
+            return await asyncio.wait_for(fut, wait)
+        except (TimeoutError, asyncio.CancelledError, RunnerError):
+            return None
+        finally:
+            self._controls.pop(request_id, None)
+
+    async def _say(self, text: str) -> None:
+        """Send a user message (starting Claude Code first when it does not run)."""
+        self._last_text = text
+        if not self._alive and not await self._spawn():
+            return
+        self._outstanding += 1
+        self._idle.clear()
+        self.ctx.status("running")
+        message = {
+            "type": "user",
+            "session_id": self.session_id,
+            "message": {"role": "user", "content": text},
+            "parent_tool_use_id": None,
+        }
+        await self._write(message)
+
+    async def _interrupt_turn(self, reason: str) -> None:
+        """Deny what waits, interrupt the turn and wait for its end; stop the process when it does not answer."""
+        self._quiet = True
+        try:
+            for question in list(self._approvals.values()):
+                await self._deny(question, f"Not run: {reason}.")
+            self._approvals.clear()
+            answer = await self._control({"subtype": "interrupt"}, wait=INTERRUPT_WAIT)
+            if answer is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), INTERRUPT_WAIT)
+            if answer is None or not self._idle.is_set():
+                await self._stop_process()  # the next message starts it again with --resume
+            self._outstanding = 0
+            self._idle.set()
+        finally:
+            self._quiet = False
+
+    def _fail(self, message: str) -> None:
+        self.ctx.emit(ev.ErrorEvent(agent=self.ctx.agent_id, message=message, fatal=True))
+        self.ctx.status("failed", message)
+
+    async def _read_stderr(self, proc: procs.Proc) -> None:
+        async for chunk in proc.stderr_chunks():
+            self._stderr = (self._stderr + chunk)[-STDERR_TAIL:]
+
+    async def _read(self, proc: procs.Proc) -> None:
+        splitter = procs.LineSplitter(max_line=MAX_LINE)
+        try:
+            async for chunk in proc.chunks():
+                for line in splitter.feed(chunk):
+                    await self._on_line(line)
+            for line in splitter.flush():
+                await self._on_line(line)
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not leave the agent silently "running"
+            self._fail(f"reading Claude Code's output failed: {type(exc).__name__}: {exc}")
+            return
+        await asyncio.sleep(0)  # let the stderr reader take the last words
+        self._on_exit(proc, code)
+
+    def _on_exit(self, proc: procs.Proc, code: int) -> None:
+        if proc is not self._proc:
+            return
+        self._proc = None
+        for fut in self._controls.values():
+            if not fut.done():
+                fut.set_exception(RunnerError("Claude Code exited"))
+        self._controls.clear()
+        self._approvals.clear()
+        was_busy = self._outstanding > 0
+        self._outstanding = 0
+        self._idle.set()
+        if self._expect_exit or (code == 0 and not was_busy):
+            return
+        said = " | ".join(line.strip() for line in self._stderr.strip().splitlines()[-6:] if line.strip())
+        hint = INSTALL_HINT if code == 127 else "fix what it says, then resume (the session continues)"
+        what = f"Claude Code exited with status {code}" if code >= 0 else f"Claude Code was killed by signal {-code}"
+        if code == 0:
+            what = "Claude Code exited in the middle of a turn"
+        self._fail(f"{what}: {said or 'no message on stderr'}: {hint}")
+
+    # -- messages ----------------------------------------------------------------------------------
+    async def _on_line(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        if not line.startswith("{"):
+            self._stderr = (self._stderr + line + "\n")[-STDERR_TAIL:]  # stray text: keep it for a crash report
+            return
+        try:
+            message = json.loads(line)
+        except ValueError as exc:
+            self.ctx.emit(ev.ErrorEvent(agent=self.ctx.agent_id, message=f"Claude Code sent unreadable JSON ({exc})"))
+            return
+        if isinstance(message, dict):
+            await self._on_message(message)
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if message.get("session_id") and kind in ("system", "result"):
+            self._note_session(str(message["session_id"]))
+        if kind == "assistant":
+            self._on_assistant(message.get("message") or {})
+        elif kind == "user":
+            self._on_tool_results(message.get("message") or {})
+        elif kind == "result":
+            self._on_result(message)
+        elif kind == "control_request":
+            await self._on_control_request(message)
+        elif kind == "control_response":
+            response = message.get("response") or {}
+            fut = self._controls.pop(str(response.get("request_id", "")), None)
+            if fut is not None and not fut.done():
+                if response.get("subtype") == "error":
+                    fut.set_exception(RunnerError(str(response.get("error", "error"))))
+                else:
+                    fut.set_result(response)
+        elif kind == "control_cancel_request":
+            request_id = str(message.get("request_id", ""))
+            for approval_id, question in list(self._approvals.items()):
+                if question["request_id"] == request_id:
+                    self._approvals.pop(approval_id)
+                    self.ctx.emit(
+                        ev.ApprovalResolved(
+                            agent=self.ctx.agent_id,
+                            approval_id=approval_id,
+                            decision="deny",
+                            reason="Claude Code withdrew the question",
+                        )
+                    )
+            if not self._approvals and self.ctx.agent.status == "waiting":
+                self.ctx.status("running")
+
+    def _note_session(self, session_id: str) -> None:
+        if session_id and session_id != self.session_id:
+            self.ctx.emit(ev.RunnerState(agent=self.ctx.agent_id, data={"session_id": session_id}))
+
+    def _on_assistant(self, body: dict[str, Any]) -> None:
+        ctx = self.ctx
+        content = body.get("content")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        for block in content or []:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "text" and block.get("text"):
+                ctx.emit(ev.TextDelta(agent=ctx.agent_id, text=block["text"]))
+                ctx.emit(ev.AssistantMessage(agent=ctx.agent_id, text=block["text"]))
+            elif block.get("type") == "tool_use":
+                name = str(block.get("name", "?"))
+                tool_input = block.get("input") if isinstance(block.get("input"), dict) else {}
+                ctx.emit(
+                    ev.ToolCall(
+                        agent=ctx.agent_id,
+                        call_id=str(block.get("id", "")),
+                        tool=name,
+                        arguments=json.dumps(tool_input, ensure_ascii=False),
+                        kind=kind_of(name),
+                        summary=summarize(name, tool_input, ctx.worktree)[:500],
+                    )
+                )
+
+    def _on_tool_results(self, body: dict[str, Any]) -> None:
+        content = body.get("content")
+        if not isinstance(content, list):
+            return
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                text = result_text(block.get("content"))
+                if len(text) > MAX_RESULT:
+                    text = text[:MAX_RESULT] + f"\n… ({len(text) - MAX_RESULT} more characters)"
+                self.ctx.emit(
+                    ev.ToolResult(
+                        agent=self.ctx.agent_id,
+                        call_id=str(block.get("tool_use_id", "")),
+                        ok=not block.get("is_error", False),
+                        output=text,
+                    )
+                )
+
+    def _on_result(self, message: dict[str, Any]) -> None:
+        ctx = self.ctx
+        usage = message.get("usage") or {}
+        if isinstance(usage, dict):
+            tokens_in = sum(
+                int(usage.get(k) or 0)
+                for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+            )
+            tokens_out = int(usage.get("output_tokens") or 0)
+            if tokens_in or tokens_out:
+                ctx.emit(ev.Usage(agent=ctx.agent_id, input_tokens=tokens_in, output_tokens=tokens_out))
+        self._outstanding = max(0, self._outstanding - 1)
+        if self._outstanding == 0:
+            self._idle.set()
+        if self._quiet:
+            return  # the end of a turn we interrupted
+        subtype = str(message.get("subtype", ""))
+        if message.get("is_error") or subtype.startswith("error"):
+            detail = message.get("result") or "; ".join(str(e) for e in message.get("errors") or []) or subtype
+            text = f"Claude Code ended the turn with an error: {detail}"
+            if subtype == "error_max_turns":
+                ctx.emit(ev.ErrorEvent(agent=ctx.agent_id, message=text))
+            elif self._outstanding == 0:
+                self._fail(f"{text}: fix it, then redirect or resume")
+                return
+        if self._outstanding == 0 and not self._approvals:
+            ctx.status("idle", "turn done")
+
+    async def _on_control_request(self, message: dict[str, Any]) -> None:
+        request_id = str(message.get("request_id", ""))
+        request = message.get("request") or {}
+        if request.get("subtype") != "can_use_tool":
+            await self._write(
+                {
+                    "type": "control_response",
+                    "response": {
+                        "subtype": "error",
+                        "request_id": request_id,
+                        "error": f"missionctl does not handle {request.get('subtype')!r} requests",
+                    },
+                }
+            )
+            return
+        ctx = self.ctx
+        tool = str(request.get("tool_name", "?"))
+        tool_input = request.get("input") if isinstance(request.get("input"), dict) else {}
+        kind = kind_of(tool)
+        key = remember_key(tool, kind, tool_input)
+        question = {"request_id": request_id, "input": tool_input, "key": key}
+        policy = ctx.agent.policy or ctx.config.policy.approve
+        command = str(tool_input.get("command", "")) if kind == "command" else ""
+        if key in ctx.agent.remembered or not needs_approval(policy, kind, command, ctx.config.policy.allow_commands):
+            await self._allow(question)
+            return
+        call_id = str(request.get("tool_use_id") or f"perm-{request_id}")
+        summary = summarize(tool, tool_input, ctx.worktree)
+        if call_id not in ctx.agent.tool_calls:
+            ctx.emit(
+                ev.ToolCall(
+                    agent=ctx.agent_id,
+                    call_id=call_id,
+                    tool=tool,
+                    arguments=json.dumps(tool_input, ensure_ascii=False),
+                    kind=kind,
+                    summary=summary[:500],
+                )
+            )
+        approval_id = f"ap-{re.sub(r'[^A-Za-z0-9_-]', '', request_id)[:40] or self._counter}"
+        self._approvals[approval_id] = question
+        ctx.emit(
+            ev.ApprovalRequested(
+                agent=ctx.agent_id,
+                approval_id=approval_id,
+                call_id=call_id,
+                tool=tool,
+                kind=kind,
+                summary=summary[:500],
+                detail=describe(tool, tool_input, ctx.worktree),
+                remember_key=key,
+            )
+        )
+        ctx.status("waiting", f"{kind}: {summary}"[:200])
+
+    async def _allow(self, question: dict[str, Any]) -> None:
+        await self._answer(question["request_id"], {"behavior": "allow", "updatedInput": question["input"]})
+
+    async def _deny(self, question: dict[str, Any], message: str) -> None:
+        await self._answer(question["request_id"], {"behavior": "deny", "message": message})
+
+    async def _answer(self, request_id: str, response: dict[str, Any]) -> None:
+        await self._write(
+            {
+                "type": "control_response",
+                "response": {"subtype": "success", "request_id": request_id, "response": response},
+            }
+        )
