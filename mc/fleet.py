@@ -456,12 +456,8 @@ class Fleet:
     async def _resolve(self, runner: Runner, agent: Agent, req: ev.ApprovalRequested, decision: str, reason: str):
         try:
             await runner.resolve(req.approval_id, decision, reason)
-        except RunnerError:
-            # the runner forgot the question (it was restarted): let it pick the conversation up again
-            await runner.restore()
-            await asyncio.sleep(0)
-            with contextlib.suppress(RunnerError):
-                await runner.resolve(req.approval_id, decision, reason)
+        except RunnerError as exc:
+            raise FleetError(f"{agent.name}: {exc}") from None
 
     def _cancel_pending(self, agent: Agent, reason: str) -> None:
         for req in list(agent.pending.values()):

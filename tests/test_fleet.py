@@ -478,3 +478,21 @@ async def test_headless_run_then_merge_three_agents(repo, scripted, tmp_path) ->
         assert git(repo, "log", "-1", "--format=%s", f"mc/{name}").startswith(f"{name}: Add {path}")
         assert (repo / path).read_text() == f"{name}\n"
     assert git(repo, "status", "--porcelain") == ""
+
+
+async def test_a_question_left_open_at_close_is_answered_after_reopening(repo, scripted, fleet_factory) -> None:
+    server = scripted({"agents": [{"name": "z", "turns": [write_turn("z.txt", "later\n"), {"say": "Done."}]}]})
+    cfg = fleet_config(repo, server, [AgentConfig(name="z", task="write z", model="z")])
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    await wait_for(lambda: fleet.get("z").pending)
+    await fleet.close()
+    again = await fleet_factory(cfg)
+    agent = again.get("z")
+    assert agent.status == "waiting" and agent.oldest_pending().tool == "write_file"
+    assert not (Path(agent.worktree) / "z.txt").exists()
+    await again.approve("z")
+    assert await again.wait_settled(20)
+    assert agent.status == "idle"
+    assert (Path(agent.worktree) / "z.txt").read_text() == "later\n"
+    assert "interrupted" not in " ".join(tool_outputs(server, "z"))

@@ -199,6 +199,11 @@ class BuiltinRunner(Runner):
 
     async def restore(self) -> None:
         """After a restart with approvals pending: wait for them again, then go on."""
+        if self.busy:
+            return
+        loop = asyncio.get_running_loop()
+        for approval_id in self.ctx.agent.pending:  # ready at once, before the turn task first runs
+            self._approvals.setdefault(approval_id, loop.create_future())
         self._spawn_turn(after_restart=True, quiet=True)
 
     async def kill(self) -> None:
@@ -249,7 +254,7 @@ class BuiltinRunner(Runner):
                 if calls:
                     for call in calls:
                         started = call["id"] in ctx.agent.tool_calls
-                        pending = f"ap-{call['id']}" in ctx.agent.pending
+                        pending = f"ap-{call['id']}" in self._approvals or f"ap-{call['id']}" in ctx.agent.pending
                         if after_restart and first and started and not pending:
                             self._answer(call, NOT_RUN_RESTART, ok=False)
                             continue
@@ -311,7 +316,7 @@ class BuiltinRunner(Runner):
             return
         kind = spec.kind_of(args)
         approval_id = f"ap-{call['id']}"
-        restored = approval_id in ctx.agent.pending
+        restored = approval_id in ctx.agent.pending or approval_id in self._approvals
         if not restored and call["id"] not in ctx.agent.tool_calls:
             ctx.emit(
                 ev.ToolCall(
@@ -349,8 +354,9 @@ class BuiltinRunner(Runner):
                     )
                 )
             ctx.status("waiting", f"{kind}: {spec.summary(args)}"[:200])
-            fut: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
-            self._approvals[approval_id] = fut
+            fut = self._approvals.get(approval_id)
+            if fut is None:
+                fut = self._approvals[approval_id] = asyncio.get_running_loop().create_future()
             try:
                 decision, reason = await fut
             finally:
