@@ -242,3 +242,26 @@ async def test_merge_lands_the_work_of_a_command_agent(repo, fleet_factory) -> N
     assert result.ok
     assert fleet.get("m").status == "merged"
     assert git(repo, "show", "main:CHANGELOG.md") == "add a changelog"
+
+
+async def test_after_a_restart_resume_runs_every_instruction_again(repo, tmp_path, fleet_factory) -> None:
+    runs = tmp_path / "runs.txt"
+    cfg = fleet_config(
+        repo,
+        NO_SERVER,
+        [AgentConfig(name="rs", task="first", runner="command", command=f"printf '%s|' {{task}} >> {runs}; sleep 60")],
+    )
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    await wait_for(lambda: runs.exists(), what="the first run")
+    await fleet.redirect("rs", "second")
+    await wait_for(lambda: runs.read_text().count("|") == 2, what="the second run")
+    await fleet.close()
+    assert procs.find_tagged(fleet._tag("rs")) == []
+
+    again = await fleet_factory(cfg)
+    assert again.get("rs").status == "interrupted"
+    await again.resume("rs")
+    await wait_for(lambda: runs.read_text().count("|") == 3, what="the resumed run")
+    assert runs.read_text().split("|")[:3] == ["first", "first\n\nsecond", "first\n\nsecond"]
+    assert again.get("rs").status == "running"
