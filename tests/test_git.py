@@ -143,6 +143,20 @@ def test_32_parallel_add_worktree_all_succeed(repo: Repo) -> None:
     assert all(repo.branch_exists(f"mc/a{i}") for i in range(32))
 
 
+def test_discard_of_a_worktree_with_a_submodule(tmp_path: Path) -> None:
+    lib = make_repo(tmp_path / "lib", {"lib.py": "x = 1\n"})
+    main = make_repo(tmp_path / "repo")
+    git(main, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "vendor/lib")
+    git(main, "commit", "-q", "-m", "add submodule")
+    repo = Repo(main)
+    path = agent(repo, "a")
+    assert (path / "vendor" / "lib").is_dir() and not (path / "vendor" / "lib" / "lib.py").exists()
+    (path / "work.txt").write_text("w\n")
+    snap = repo.discard(path, "mc/a", "refs/mc/snapshots/a")
+    assert not path.exists() and not repo.branch_exists("mc/a")
+    assert "work.txt" in git(main, "ls-tree", "--name-only", snap)
+
+
 def test_remove_worktree_refuses_changes_without_force(repo: Repo) -> None:
     path = agent(repo, "a")
     (path / "README.md").write_text("work\n")
@@ -230,9 +244,12 @@ def test_diff_never_touches_the_agents_index(repo: Repo) -> None:
     index = Path(git(path, "rev-parse", "--path-format=absolute", "--git-path", "index").strip())
     staged = git(path, "ls-files", "-s")
     raw = index.read_bytes()
+    objects = git(path, "count-objects")
+    (path / "large-untracked.bin").write_bytes(b"\0" * 3_000_000)
     compute_diff(path, base)
     assert git(path, "ls-files", "-s") == staged
     assert index.read_bytes() == raw
+    assert git(path, "count-objects") == objects  # nothing written to the shared object store
 
 
 def test_background_diffs_never_break_the_agents_commits(repo: Repo) -> None:
@@ -453,6 +470,8 @@ def agent_with_work(repo: Repo, name: str, files: dict[str, str]) -> Path:
 def test_merge_ff_updates_the_checked_out_base_and_keeps_user_changes(repo: Repo) -> None:
     agent_with_work(repo, "a", {"feature.txt": "feature\n", "README.md": "hello\nfeature\n"})
     (repo.root / "src" / "app.py").write_text("print('user edit')\n")  # dirty, not touched by the merge
+    git(repo.root, "add", "src/app.py")  # staged, even
+    (repo.root / "src" / "app.py").write_text("print('user edit, more')\n")
     (repo.root / "scratch.txt").write_text("user's untracked\n")
     tip = repo.resolve("mc/a")
     result = repo.merge("mc/a", "main", "ff", "unused for ff")
@@ -460,9 +479,10 @@ def test_merge_ff_updates_the_checked_out_base_and_keeps_user_changes(repo: Repo
     assert repo.resolve("main") == tip
     assert (repo.root / "feature.txt").read_text() == "feature\n"
     assert (repo.root / "README.md").read_text() == "hello\nfeature\n"
-    assert (repo.root / "src" / "app.py").read_text() == "print('user edit')\n"
+    assert (repo.root / "src" / "app.py").read_text() == "print('user edit, more')\n"
+    assert git(repo.root, "show", ":src/app.py") == "print('user edit')\n"
     assert (repo.root / "scratch.txt").read_text() == "user's untracked\n"
-    assert set(git(repo.root, "status", "--porcelain").splitlines()) == {" M src/app.py", "?? scratch.txt"}
+    assert set(git(repo.root, "status", "--porcelain").splitlines()) == {"MM src/app.py", "?? scratch.txt"}
     again = repo.merge("mc/a", "main", "ff", "x")
     assert again.ok and again.commit == tip and "already contains" in again.message
 
@@ -545,3 +565,26 @@ def test_merge_errors_name_the_fix(repo: Repo) -> None:
         repo.merge("mc/a", "nope", "ff", "m")
     with pytest.raises(GitError, match="unknown merge mode 'rebase': use ff, merge or squash"):
         repo.merge("mc/a", "main", "rebase", "m")  # type: ignore[arg-type]
+
+
+def test_diff_of_many_changed_files_and_odd_names(tmp_path: Path) -> None:
+    files = {f"m/f{i}.txt": f"{i}\n" for i in range(520)}
+    files['odd "name"\twith tab.txt'] = "odd\n"
+    repo = Repo(make_repo(tmp_path / "repo", files))
+    base = repo.resolve("main")
+    path = agent(repo, "a")
+    for i in range(520):
+        (path / f"m/f{i}.txt").write_text(f"{i}\nmore\n")
+    (path / 'odd "name"\twith tab.txt').write_text("odd\nchanged\n")
+    (path / "new\tfile.txt").write_text("x\n")
+    diff = compute_diff(path, base)
+    assert len(diff.files) == 522 and (diff.added, diff.removed) == (522, 0)
+    assert diff.text.count("diff --git ") == 522 and diff.text.count("\n+more\n") == 520
+    assert '+++ "b/odd \\"name\\"\\twith tab.txt"' in diff.text
+    assert '+++ "b/new\\tfile.txt"' in diff.text
+    # fewer changes: the patch is limited to the changed paths and says the same
+    for i in range(10, 520):
+        (path / f"m/f{i}.txt").write_text(f"{i}\n")
+    small = compute_diff(path, base)
+    assert [f.path for f in small.files][:10] == [f"m/f{i}.txt" for i in sorted(range(10), key=str)]
+    assert small.text.count("diff --git ") == 12 and "odd" in small.text
