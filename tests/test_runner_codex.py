@@ -45,12 +45,13 @@ def scenario(name: str, command: str = WRITE) -> dict[str, Any]:
     }
 
 
-async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
+async def until(check: Callable[[], bool], timeout: float = 60.0, fleet: Any = None) -> None:
     """Wait until `check()` holds (polling the event loop); fail the test with the timeout otherwise."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached within {timeout:g}s")
+            state = {a.name: (a.status, a.error, a.log.tail(8)) for a in fleet.list()} if fleet else ""
+            raise AssertionError(f"condition not reached within {timeout:g}s {state}")
         await asyncio.sleep(0.05)
 
 
@@ -161,7 +162,7 @@ async def test_missing_binary_fails_that_agent_only(
     fleet = await fleet_factory(cfg)
     await fleet.spawn(AgentConfig(name="broken", task="anything", runner="codex"))
     await fleet.spawn(AgentConfig(name="fine", task="say something", runner="builtin"))
-    await until(lambda: fleet.get("broken").status == "failed" and fleet.get("fine").status == "idle")
+    await until(lambda: fleet.get("broken").status == "failed" and fleet.get("fine").status == "idle", fleet=fleet)
     error = fleet.get("broken").error
     assert "no-such-codex" in error and "install-agents.sh" in error
 

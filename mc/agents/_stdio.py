@@ -266,14 +266,14 @@ class StdioRunner(Runner):
 
     async def launch(self, argv: list[str], env: dict[str, str], *, jsonrpc_field: bool = True) -> JsonRpcPeer:
         """Start the agent process in the worktree; its end without our asking makes the agent fail."""
+        self._closing = False
+        self._failed = False
         try:
             proc = await procs.start(
                 argv, cwd=self.ctx.worktree, env=env, tag=self.ctx.tag, stdin=True, stderr="separate"
             )
         except OSError as exc:
             raise RpcError(str(exc.strerror or exc)) from None
-        self._closing = False
-        self._failed = False
         peer = JsonRpcPeer(
             proc,
             on_notification=self.on_notification,

@@ -221,7 +221,7 @@ class CodexRunner(StdioRunner):
         try:
             peer = await self.launch([binary, "app-server"], child_env({"CODEX_HOME": str(home)}), jsonrpc_field=False)
         except RpcError as exc:
-            raise RpcError(f"cannot start {binary}: {exc}: {INSTALL_HINT}") from None
+            raise RpcError(f"{exc}: {INSTALL_HINT}") from None
         try:
             info = await peer.request(
                 "initialize",
