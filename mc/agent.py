@@ -196,7 +196,7 @@ class Agent:
                 streamed = event.call_id in self.streamed_calls
                 self.streamed_calls.discard(event.call_id)
                 call = self.tool_calls.get(event.call_id)
-                if call is not None and call.tool == "shell":
+                if call is not None and (call.tool == "shell" or call.kind == "command"):
                     code = event.exit_code
                     if not streamed and event.output:
                         log.add("output", event.output)
@@ -256,8 +256,8 @@ class Agent:
 
 def _call_line(call: ev.ToolCall) -> str:
     args = _json_args(call.arguments)
-    if call.tool == "shell":
-        return f"$ {args.get('command', call.summary)}"
+    if call.tool == "shell" or call.kind == "command":
+        return f"$ {args.get('command') or call.summary}"
     if call.summary:
         return f"→ {call.tool} {call.summary}"
     return f"→ {call.tool}"

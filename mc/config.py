@@ -96,7 +96,8 @@ class AgentConfig:
     policy: str = ""
     """Overrides [policy] approve for this agent."""
     command: str = ""
-    """For runner = "command": the command line; {task} is replaced by the task."""
+    """For runner = "command": the command line ({task} is replaced by the task; a "pty:" prefix runs it in a
+    terminal). For claude, codex and acp: the agent's executable and its arguments (default: their usual name)."""
     base: str = ""
     """Overrides [repo] base for this agent."""
 
