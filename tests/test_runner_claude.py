@@ -104,7 +104,7 @@ async def test_approved_command_runs_and_the_turn_is_logged(repo, fake_log, flee
     assert (agent.input_tokens, agent.output_tokens) == (150, 40)
     text = log_text(fleet, "c")
     assert "I will run echo approved > made.txt." in text and "Ran it: exit 0." in text
-    assert "→ Bash echo approved > made.txt" in text
+    assert "$ echo approved > made.txt" in text
     argv = starts(fake_log)[0]
     assert " ".join(argv[:8]) == (
         "-p --output-format stream-json --input-format stream-json --verbose --permission-prompt-tool stdio"
