@@ -172,6 +172,9 @@ class MissionControl(App[int]):
         view = self.view_screen()
         if isinstance(view, ZoomScreen):
             return view.agent_id
+        if self.selected is None or self.selected not in self.fleet.agents:
+            agents = self.agents()
+            self.selected = agents[0].id if agents else None
         return self.selected
 
     def current(self) -> Agent | None:
@@ -229,7 +232,12 @@ class MissionControl(App[int]):
                 if self.config.ui.bell:
                     self.bell()
         if not self._drain_armed and not self._closed:
+            # the listener may run outside the app's context (a fleet callback): arm the timer from a message
             self._drain_armed = True
+            self.call_later(self._arm_drain)
+
+    def _arm_drain(self) -> None:
+        if not self._closed:
             self.set_timer(DRAIN_INTERVAL, self._drain)
 
     def _drain(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich.text import Text
 from textual import events
@@ -144,6 +145,13 @@ class AgentPane(Vertical):
 
     def on_mount(self) -> None:
         self.approval.display = False
+        self.call_after_refresh(self._first_sync)
+
+    def _first_sync(self) -> None:
+        app: Any = self.app
+        agent = app.fleet.agents.get(self.agent_id)
+        if agent is not None:
+            self.sync(agent, app.now(), app.key_hint)
 
     def show_agent(self, agent_id: str, index: int) -> None:
         """Point the pane at another agent (the list layout reuses one pane)."""

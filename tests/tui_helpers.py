@@ -1,0 +1,111 @@
+"""Shared pieces of the TUI tests: a small deterministic scenario, an app factory and wait helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mc.config import AgentConfig, Config
+
+#: Deterministic agents for the TUI tests (no timings in their output).
+SCENARIO: dict[str, Any] = {
+    "tokens_per_second": 0,
+    "first_byte_delay": 0,
+    "agents": [
+        {
+            "name": "runner",
+            "turns": [
+                {"say": "I will run the check.", "tool": "shell", "args": {"command": "echo hello-from-tool"}},
+                {
+                    "choice": "after",
+                    "when_tool_output_contains": "denied",
+                    "say": "Understood, I will not run it.",
+                },
+                {"choice": "after", "say": "The check printed {output_last_line}."},
+                {"say": "Following your new instruction now."},
+            ],
+        },
+        {
+            "name": "writer",
+            "turns": [
+                {
+                    "say": "I will write the notes.",
+                    "tool": "write_file",
+                    "args": {"path": "notes.txt", "content": "first line\nsecond line\n"},
+                },
+                {"say": "The notes are written."},
+            ],
+        },
+        {
+            "name": "sleeper",
+            "turns": [
+                {"say": "Sleeping a while.", "tool": "shell", "args": {"command": "sleep 31.25"}},
+                {"say": "Awake."},
+            ],
+        },
+        {
+            "name": "quiet",
+            "turns": [{"say": "Nothing to do here."}],
+        },
+        {
+            "name": "lister",
+            "turns": [
+                {"say": "Listing.", "tool": "shell", "args": {"command": "seq 1 300"}},
+                {"say": "Listed."},
+            ],
+        },
+    ],
+}
+
+
+def agent(name: str, model: str | None = None, policy: str = "commands", task: str = "") -> AgentConfig:
+    return AgentConfig(name=name, task=task or f"Task of {name}.", model=model or name, policy=policy)
+
+
+def tui_config(repo: Path, server: Any, agents: list[AgentConfig], **ui: Any) -> Config:
+    cfg = Config()
+    cfg.repo.path = str(repo)
+    cfg.repo.worktree_dir = str(repo.parent / "worktrees")
+    cfg.model.base_url = server.base_url
+    cfg.model.api_key_env = ""
+    cfg.model.max_retries = 1
+    cfg.model.retry_backoff = 0.05
+    cfg.model.timeout = 10.0
+    cfg.agents = agents
+    for key, value in ui.items():
+        setattr(cfg.ui, key, value)
+    return cfg
+
+
+async def until(pilot: Any, predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    """Let the app run until predicate() holds (fails the test after timeout)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await pilot.pause(0.05)
+
+
+async def settle(pilot: Any, app: Any, timeout: float = 20.0) -> None:
+    """Wait until the fleet is open, every agent has settled, and the panes have drained."""
+    await until(pilot, lambda: app.opened, timeout, "the fleet to open")
+    await until(
+        pilot,
+        lambda: len(app.fleet.agents) >= len(app.config.agents) if app.spawn_on_open else True,
+        timeout,
+        "the agents to spawn",
+    )
+    assert await app.fleet.wait_settled(timeout=timeout)
+    await asyncio.sleep(0.3)
+    await pilot.pause(0.3)
+
+
+def pane_text(app: Any, agent_id: str) -> str:
+    from mc.tui.screens import FleetScreen
+
+    screen = app.fleet_screen()
+    assert isinstance(screen, FleetScreen)
+    return screen.panes[agent_id].log_view.plain_text()
