@@ -35,6 +35,9 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a git child process."""
     env = {k: v for k, v in os.environ.items() if k not in _REDIRECTING}
     env.update({"GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C", "LANGUAGE": "C", "GIT_TERMINAL_PROMPT": "0"})
+    # An automatic gc must not detach: as a child subreaper we would collect its orphan as a zombie.
+    if "GIT_CONFIG_COUNT" not in env:
+        env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "gc.autoDetach", "GIT_CONFIG_VALUE_0": "false"})
     if extra:
         env.update(extra)
     return env
