@@ -229,7 +229,11 @@ class Repo:
             os.replace(tmp, path)
 
     def add_worktree(self, path: Path, branch: str, base_commit: str) -> None:
-        """Create a worktree at `path` on a new branch `branch` from `base_commit`, locked against `git gc`."""
+        """Create a worktree at `path` on a new branch `branch` from `base_commit`, locked against `git gc`.
+
+        Only the registration (`worktree add --no-checkout`) runs under the repository lock; the files are
+        checked out after it, so several agents of a large repository start side by side.
+        """
         path = Path(path).absolute()
         with self._lock:
             if self.branch_exists(branch):
@@ -246,6 +250,7 @@ class Repo:
                         "worktree",
                         "add",
                         "--quiet",
+                        "--no-checkout",
                         "--lock",
                         "--reason",
                         LOCK_REASON,
@@ -264,6 +269,14 @@ class Repo:
                     if self.branch_exists(branch):
                         run_git_status(["branch", "-D", branch], self.root)
                 raise
+        try:
+            run_git(["reset", "--hard", "--quiet"], path)
+        except GitError as exc:
+            with self._lock:
+                run_git_status(["worktree", "unlock", str(path)], self.root)
+                run_git_status(["worktree", "remove", "--force", str(path)], self.root)
+                run_git_status(["branch", "-D", branch], self.root)
+            raise GitError(f"could not check out {branch} in {path}: {exc}: check free disk space and retry") from None
 
     def remove_worktree(self, path: Path, *, force: bool = False) -> None:
         """Remove the worktree at `path` (its branch stays). Without `force`, git refuses when it has changes."""
