@@ -35,7 +35,7 @@ def scenario(name: str, command: str = WRITE) -> dict[str, Any]:
             {
                 "name": name,
                 "turns": [
-                    {"say": "Creating the file.", "tool": "exec_command", "args": {"cmd": command}},
+                    {"say": "Creating the file.", "tool": "exec_command", "args": {"cmd": command, "login": False}},
                     {"when_tool_output_contains": "wrote it", "say": "The file is there."},
                     {"when_user_contains": "use python", "say": "Switching to python as asked."},
                     {"say": "I was not allowed to run it."},

@@ -104,8 +104,13 @@ class JsonRpcPeer:
         try:
             await self.proc.write(self._message(**fields))
             return await asyncio.wait_for(fut, timeout) if timeout else await fut
-        except (BrokenPipeError, OSError) as exc:
-            raise RpcError(f"cannot send {method}: the agent process has ended ({exc})") from None
+        except (BrokenPipeError, OSError):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closed.wait(), 3)
+            tail = self.stderr_text()
+            raise RpcError(
+                f"cannot send {method}: the agent process has ended" + (f": {tail}" if tail else "")
+            ) from None
         except TimeoutError:
             raise RpcError(f"{method} got no answer within {timeout:g}s") from None
         finally:

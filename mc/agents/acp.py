@@ -1,0 +1,418 @@
+"""The acp runner: any agent that speaks the Agent Client Protocol (JSON-RPC over stdio).
+
+Gemini CLI (`gemini --acp`), opencode (`opencode acp`), Zed's Codex adapter (`codex-acp`) and others.
+The command line is the agent's `command`; without one it is codex-acp, which reads a Codex home: the
+runner writes one for the agent (under the repository's `.mc/`) that points at our [model] endpoint.
+
+initialize → session/new (cwd = the worktree) → session/prompt per instruction; session/update
+notifications become our events; session/request_permission becomes our approval (allow_once,
+allow_always, reject_once ← approve, approve_all, deny); session/cancel stops a turn. The session id is
+kept as runner state, so a later process continues it with session/resume or session/load.
+
+The protocol is spoken by hand (a small JSON-RPC peer shared with the codex runner): the
+`agent-client-protocol` library wants asyncio streams, and our processes are started through
+mc.procs so that a kill leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from mc import events as ev
+from mc.agents._stdio import SETUP_TIMEOUT, RpcError, StdioRunner, child_env, find_binary
+from mc.agents.base import RunnerContext, RunnerError
+from mc.agents.codex import HOME_ENV, prepare_home
+
+PROTOCOL_VERSION = 1
+#: The codex-acp version this runner is tested with (scripts/install-agents.sh installs it).
+CODEX_ACP_VERSION = "0.16.0"
+BIN_ENV = "MC_CODEX_ACP_BIN"
+INSTALL_HINT = (
+    f"install codex-acp with scripts/install-agents.sh (or npm install -g @zed-industries/codex-acp@{CODEX_ACP_VERSION}),"
+    f' set {BIN_ENV}, or give the agent a command such as "gemini --acp"'
+)
+CONTINUE = "Continue the task from where you stopped."
+
+#: ACP tool kinds → our call kinds.
+KINDS = {"execute": "command", "edit": "write", "delete": "write", "move": "write"}
+#: Our decisions → the ACP permission option kinds that carry them, best first.
+OPTION_KINDS = {
+    "approve": ("allow_once", "allow_always"),
+    "approve_all": ("allow_always", "allow_once"),
+    "deny": ("reject_once", "reject_always"),
+}
+
+
+def codex_acp_binary() -> str | None:
+    """The codex-acp executable: $MC_CODEX_ACP_BIN, else PATH, else the project-local npm install."""
+    return find_binary("codex-acp", BIN_ENV)
+
+
+def available() -> tuple[bool, str]:
+    """Whether the default ACP agent (codex-acp) can run here (for `missionctl doctor`)."""
+    binary = codex_acp_binary()
+    if binary is None:
+        return False, f"codex-acp not found (agents with their own command still work): {INSTALL_HINT}"
+    try:
+        subprocess.run([binary, "--help"], capture_output=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"{binary} does not run ({exc}): {INSTALL_HINT}"
+    return True, f"codex-acp at {binary} (any ACP agent works through its command)"
+
+
+def _text_of(content: Any) -> str:
+    """The text in an ACP content block, a tool-call content list, or raw output."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(_text_of(c) for c in content)
+    if isinstance(content, dict):
+        if content.get("type") == "text":
+            return str(content.get("text", ""))
+        if content.get("type") == "content":
+            return _text_of(content.get("content"))
+        if content.get("type") == "diff":
+            return f"--- {content.get('path', '')}\n{content.get('newText', '')}"
+    return ""
+
+
+def _raw_output_text(raw: Any) -> tuple[str, int | None]:
+    if isinstance(raw, dict):
+        text = raw.get("aggregated_output") or raw.get("formatted_output") or raw.get("stdout") or raw.get("output")
+        code = raw.get("exit_code", raw.get("exitCode"))
+        return (str(text) if text is not None else ""), (code if isinstance(code, int) else None)
+    if isinstance(raw, str):
+        return raw, None
+    return "", None
+
+
+class AcpRunner(StdioRunner):
+    """Drives one ACP agent process for one agent."""
+
+    kind = "acp"
+    label = "ACP agent"
+
+    def __init__(self, ctx: RunnerContext) -> None:
+        super().__init__(ctx)
+        self.session_id = str(ctx.agent.runner_state.get("session_id", ""))
+        self._loaded = False
+        self._replaying = False
+        self._prompt: asyncio.Task[Any] | None = None
+        self._cancelled = False
+        self._approvals: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
+        self._calls: dict[str, dict[str, Any]] = {}
+        self._text = ""
+        self._capabilities: dict[str, Any] = {}
+        self._argv: list[str] = []
+
+    @property
+    def busy(self) -> bool:
+        return self._prompt is not None and not self._prompt.done()
+
+    def _command(self) -> list[str]:
+        if self.ctx.spec.command.strip():
+            try:
+                argv = shlex.split(self.ctx.spec.command)
+            except ValueError as exc:
+                raise RpcError(
+                    f"command {self.ctx.spec.command!r} cannot be split into words ({exc}): fix its quotes"
+                ) from None
+            if argv:
+                return argv
+        binary = codex_acp_binary()
+        if binary is None:
+            raise RpcError(f"codex-acp not found: {INSTALL_HINT}")
+        return [binary]
+
+    def explain(self, message: str) -> str:
+        name = Path(self._argv[0]).name if self._argv else "acp"
+        return f"{name}: {message}"
+
+    # -- set-up --------------------------------------------------------------------------------------
+    async def _ensure_session(self) -> None:
+        async with self._session_lock:
+            if self.alive and self._loaded:
+                return
+            await self._launch()
+
+    async def _launch(self) -> None:
+        ctx = self.ctx
+        argv = self._argv = self._command()
+        extra: dict[str, str] = {}
+        if Path(argv[0]).name.startswith("codex-acp"):
+            own = os.environ.get(HOME_ENV, "").strip()
+            home = own or str(await asyncio.to_thread(prepare_home, ctx, "codex-acp-home", policy_in_file=True))
+            extra["CODEX_HOME"] = home
+        await self.shutdown()
+        try:
+            peer = await self.launch(argv, child_env(extra))
+        except RpcError as exc:
+            hint = INSTALL_HINT if not ctx.spec.command.strip() else "check the agent's command"
+            raise RpcError(f"{exc}: {hint}") from None
+        try:
+            info = await peer.request(
+                "initialize",
+                {
+                    "protocolVersion": PROTOCOL_VERSION,
+                    "clientCapabilities": {"fs": {"readTextFile": False, "writeTextFile": False}, "terminal": False},
+                    "clientInfo": {"name": "missionctl", "title": "missionctl", "version": "1"},
+                },
+                timeout=SETUP_TIMEOUT,
+            )
+        except RpcError as exc:
+            raise RpcError(
+                f"did not answer initialize ({exc}): is {argv[0]!r} an ACP agent (check its flags)?"
+            ) from None
+        info = info or {}
+        version = info.get("protocolVersion")
+        if version != PROTOCOL_VERSION:
+            raise RpcError(
+                f"speaks ACP protocol version {version!r}, and missionctl speaks {PROTOCOL_VERSION}: "
+                "use a release of the agent that supports it"
+            )
+        self._capabilities = info.get("agentCapabilities") or {}
+        cwd = str(ctx.worktree)
+        session_caps = self._capabilities.get("sessionCapabilities") or {}
+        loaded = False
+        if self.session_id:
+            try:
+                if "resume" in session_caps:
+                    await peer.request(
+                        "session/resume", {"sessionId": self.session_id, "cwd": cwd, "mcpServers": []}, SETUP_TIMEOUT
+                    )
+                    loaded = True
+                elif self._capabilities.get("loadSession"):
+                    self._replaying = True  # the agent replays the conversation: it is in our log already
+                    try:
+                        await peer.request(
+                            "session/load", {"sessionId": self.session_id, "cwd": cwd, "mcpServers": []}, SETUP_TIMEOUT
+                        )
+                    finally:
+                        self._replaying = False
+                    loaded = True
+            except RpcError as exc:
+                self.warn(
+                    f"{self.explain(f'could not continue session {self.session_id} ({exc})')}; starting a new one"
+                )
+        if not loaded:
+            result = await peer.request("session/new", {"cwd": cwd, "mcpServers": []}, timeout=SETUP_TIMEOUT)
+            session_id = str((result or {}).get("sessionId", ""))
+            if not session_id:
+                raise RpcError("session/new answered without a session id")
+            self.session_id = session_id
+            ctx.emit(ev.RunnerState(agent=ctx.agent_id, data={"session_id": session_id}))
+        self._loaded = True
+
+    def on_exit(self) -> None:
+        self._loaded = False
+        self._approvals.clear()
+
+    # -- turns ---------------------------------------------------------------------------------------
+    def _begin(self, text: str) -> None:
+        self._cancelled = False
+        self._prompt = self.spawn(self._run_prompt(text))
+
+    async def _run_prompt(self, text: str) -> None:
+        await self._ensure_session()
+        assert self.peer is not None
+        self.ctx.status("running")
+        result = await self.peer.request(
+            "session/prompt", {"sessionId": self.session_id, "prompt": [{"type": "text", "text": text}]}
+        )
+        self._flush_text()
+        reason = str((result or {}).get("stopReason", "end_turn"))
+        if self._closing:
+            return
+        if reason == "cancelled":
+            if self._cancelled:
+                return
+            self.ctx.status("idle", "the agent stopped the turn")
+        elif reason == "end_turn":
+            self.ctx.status("idle", "turn done")
+        else:
+            self.ctx.status("idle", f"turn ended: {reason.replace('_', ' ')}")
+
+    async def _cancel_turn(self) -> None:
+        self._cancelled = True
+        await self._answer_all_cancelled()
+        if self.busy and self.alive and self.peer is not None:
+            await self.peer.notify("session/cancel", {"sessionId": self.session_id})
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._prompt), 10)  # type: ignore[arg-type]
+        if self.busy and self._prompt is not None:
+            self._prompt.cancel()
+
+    async def _answer_all_cancelled(self) -> None:
+        approvals, self._approvals = self._approvals, {}
+        if self.peer is None:
+            return
+        for rid, _options in approvals.values():
+            await self.peer.respond(rid, {"outcome": {"outcome": "cancelled"}})
+
+    # -- protocol (ours) -------------------------------------------------------------------------------
+    async def start(self, task: str) -> None:
+        self._begin(task)
+
+    async def send(self, text: str) -> None:
+        await self._cancel_turn()
+        self._begin(text)
+
+    async def resolve(self, approval_id: str, decision: str, reason: str = "") -> None:
+        entry = self._approvals.pop(approval_id, None)
+        if entry is None or self.peer is None:
+            raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
+        rid, options = entry
+        chosen = None
+        for kind in OPTION_KINDS.get(decision, OPTION_KINDS["deny"]):
+            chosen = next((o for o in options if o.get("kind") == kind), None)
+            if chosen is not None:
+                break
+        if chosen is None:
+            outcome: dict[str, Any] = {"outcome": "cancelled"}
+        else:
+            outcome = {"outcome": "selected", "optionId": chosen.get("optionId")}
+        await self.peer.respond(rid, {"outcome": outcome})
+        if not self._approvals and self.ctx.agent.status == "waiting":
+            self.ctx.status("running")
+
+    async def interrupt(self) -> None:
+        await self._cancel_turn()
+        # The fleet ends every tagged process after an interrupt: let go of this one first.
+        await self.shutdown()
+        self.on_exit()
+        self.ctx.status("interrupted", "by the engineer")
+
+    async def resume(self) -> None:
+        if self.busy:
+            return
+        self._begin(CONTINUE)
+
+    async def restore(self) -> None:
+        """After a restart the process that asked is gone: its questions cannot be answered any more."""
+        self.ctx.status("interrupted", "mission control restarted while the agent waited for approval; resume it")
+
+    async def kill(self) -> None:
+        self._approvals.clear()
+        await super().kill()
+
+    # -- protocol (the agent's) ------------------------------------------------------------------------
+    def _flush_text(self) -> None:
+        if self._text:
+            self.ctx.emit(ev.AssistantMessage(agent=self.ctx.agent_id, text=self._text))
+            self._text = ""
+
+    def on_notification(self, method: str, params: dict[str, Any]) -> None:
+        if method != "session/update" or self._replaying:
+            return
+        if params.get("sessionId") not in (None, self.session_id):
+            return
+        update = params.get("update") or {}
+        kind = update.get("sessionUpdate")
+        ctx = self.ctx
+        if kind == "agent_message_chunk":
+            text = _text_of(update.get("content"))
+            if text:
+                self._text += text
+                ctx.emit(ev.TextDelta(agent=ctx.agent_id, text=text))
+        elif kind == "tool_call":
+            self._flush_text()
+            self._tool_call(update)
+        elif kind == "tool_call_update":
+            self._tool_update(update)
+
+    def _tool_call(self, update: dict[str, Any]) -> None:
+        call_id = str(update.get("toolCallId", ""))
+        known = call_id in self._calls
+        call = self._calls.setdefault(call_id, {})
+        call.update({k: v for k, v in update.items() if v is not None})
+        if known and call.get("emitted"):
+            return
+        call["emitted"] = True
+        kind = KINDS.get(str(call.get("kind", "")), "read")
+        title = str(call.get("title") or call.get("kind") or "tool")
+        self.ctx.emit(
+            ev.ToolCall(
+                agent=self.ctx.agent_id,
+                call_id=call_id,
+                tool="shell" if kind == "command" else str(call.get("kind") or "tool"),
+                arguments=json.dumps(call.get("rawInput") or {}),
+                kind=kind,
+                summary=title[:300],
+            )
+        )
+
+    def _tool_update(self, update: dict[str, Any]) -> None:
+        call_id = str(update.get("toolCallId", ""))
+        if call_id not in self._calls or not self._calls[call_id].get("emitted"):
+            self._tool_call(update)
+        status = update.get("status")
+        if status not in ("completed", "failed"):
+            return
+        text, code = _raw_output_text(update.get("rawOutput"))
+        if not text:
+            text = _text_of(update.get("content"))
+        self._calls.pop(call_id, None)
+        self.ctx.emit(
+            ev.ToolResult(
+                agent=self.ctx.agent_id,
+                call_id=call_id,
+                ok=status == "completed" and code in (0, None),
+                output=text or str(status),
+                exit_code=code,
+            )
+        )
+
+    def on_request(self, rid: Any, method: str, params: dict[str, Any]) -> None:
+        if method == "session/request_permission":
+            self._ask(rid, params)
+            return
+        if self.peer is not None:
+            self.spawn(self.peer.respond_error(rid, -32601, f"missionctl does not offer {method}"))
+
+    def _ask(self, rid: Any, params: dict[str, Any]) -> None:
+        ctx = self.ctx
+        call = params.get("toolCall") or {}
+        options = [o for o in params.get("options") or [] if isinstance(o, dict)]
+        call_id = str(call.get("toolCallId") or rid)
+        self._flush_text()
+        if call_id not in self._calls or not self._calls[call_id].get("emitted"):
+            self._tool_call(call)
+        known = self._calls.get(call_id, {})
+        kind = KINDS.get(str(call.get("kind") or known.get("kind") or ""), "read")
+        summary = str(call.get("title") or known.get("title") or call_id)
+        approval_id = f"ap-{call_id}"
+        n = 1
+        while approval_id in self._approvals or approval_id in ctx.agent.pending:
+            n += 1
+            approval_id = f"ap-{call_id}-{n}"
+        raw = call.get("rawInput") or known.get("rawInput")
+        detail = _text_of(call.get("content")) or (json.dumps(raw, indent=1) if raw else summary)
+        key = f"{kind}:{summary.split()[0]}" if kind == "command" and summary.split() else kind
+        if key in ctx.agent.remembered:
+            always = next((o for o in options if o.get("kind") == "allow_always"), None)
+            once = always or next((o for o in options if o.get("kind") == "allow_once"), None)
+            if once is not None and self.peer is not None:
+                answer = {"outcome": {"outcome": "selected", "optionId": once.get("optionId")}}
+                self.spawn(self.peer.respond(rid, answer))
+                return
+        self._approvals[approval_id] = (rid, options)
+        ctx.emit(
+            ev.ApprovalRequested(
+                agent=ctx.agent_id,
+                approval_id=approval_id,
+                call_id=call_id,
+                tool="shell" if kind == "command" else str(call.get("kind") or known.get("kind") or "tool"),
+                kind=kind,
+                summary=summary[:300],
+                detail=detail,
+                remember_key=key,
+            )
+        )
+        ctx.status("waiting", f"{kind}: {summary}"[:200])
