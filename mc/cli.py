@@ -265,6 +265,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         _check(True, "fleet", f"owned by process {owner}" if owner else "not running")
         repo.close()
     good &= _doctor_endpoint(cfg)
+    from mc.agents import runner_status
+
+    used = {a.runner for a in cfg.agents}
+    for kind, (usable, detail) in runner_status().items():
+        ok = usable or kind not in used  # an unusable runner fails the check only when an agent uses it
+        _check(ok, f"runner {kind}", ("usable: " if usable else "not usable: ") + detail)
+        good &= ok
     from mc.tools import sandbox_available
 
     ok, why = sandbox_available()

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(120)
 
 BINARY = acp.codex_acp_binary()
 if BINARY is None:
-    pytest.skip("codex-acp is not installed: run scripts/install-agents.sh", allow_module_level=True)
+    pytest.skip("codex-acp is not installed: run scripts/install-tools.sh", allow_module_level=True)
 
 
 def scenario(name: str, command: str = "echo made > made.txt && echo wrote it") -> dict[str, Any]:

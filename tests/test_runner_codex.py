@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(120)
 
 BINARY = codex.codex_binary()
 if BINARY is None:
-    pytest.skip("codex is not installed: run scripts/install-agents.sh", allow_module_level=True)
+    pytest.skip("codex is not installed: run scripts/install-tools.sh", allow_module_level=True)
 
 WRITE = "echo made > made.txt && echo wrote it"
 
@@ -164,7 +164,7 @@ async def test_missing_binary_fails_that_agent_only(
     await fleet.spawn(AgentConfig(name="fine", task="say something", runner="builtin"))
     await until(lambda: fleet.get("broken").status == "failed" and fleet.get("fine").status == "idle", fleet=fleet)
     error = fleet.get("broken").error
-    assert "no-such-codex" in error and "install-agents.sh" in error
+    assert "no-such-codex" in error and "install-tools.sh" in error
 
 
 async def test_crash_mid_run_fails_with_the_reason(repo: Path, scripted: Any, fleet_factory: Any) -> None:

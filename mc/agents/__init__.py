@@ -31,6 +31,21 @@ def runner_class(kind: str) -> type[Runner]:
     return getattr(module, class_name)
 
 
+def runner_status() -> dict[str, tuple[bool, str]]:
+    """Which runners are usable here, and why not: kind → (usable, detail)."""
+    status: dict[str, tuple[bool, str]] = {
+        "builtin": (True, "OpenAI tool loop (needs only the [model] endpoint)"),
+        "command": (True, "any command line"),
+    }
+    for kind in ("codex", "acp", "claude"):
+        try:
+            module = importlib.import_module(RUNNER_CLASSES[kind].partition(":")[0])
+            status[kind] = module.available()
+        except Exception as exc:
+            status[kind] = (False, f"cannot load: {exc}")
+    return status
+
+
 def make_runner(kind: str, ctx: RunnerContext) -> Runner:
     """The runner of an agent, by kind."""
     return runner_class(kind)(ctx)

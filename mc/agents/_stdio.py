@@ -24,7 +24,7 @@ from mc import events as ev
 from mc import procs
 from mc.agents.base import Runner, RunnerContext
 
-#: The project-local npm install of the agent CLIs (scripts/install-agents.sh puts them there).
+#: The project-local npm install of the agent CLIs (scripts/install-tools.sh puts them there).
 LOCAL_BIN = Path(__file__).resolve().parents[2] / ".cache" / "npm" / "node_modules" / ".bin"
 #: A single JSON-RPC message longer than this is dropped (with an error event) instead of filling memory.
 MAX_MESSAGE = 64 * 1024 * 1024

@@ -31,11 +31,11 @@ from mc.agents.base import RunnerContext, RunnerError
 from mc.agents.codex import HOME_ENV, prepare_home
 
 PROTOCOL_VERSION = 1
-#: The codex-acp version this runner is tested with (scripts/install-agents.sh installs it).
+#: The codex-acp version this runner is tested with (scripts/install-tools.sh installs it).
 CODEX_ACP_VERSION = "0.16.0"
 BIN_ENV = "MC_CODEX_ACP_BIN"
 INSTALL_HINT = (
-    f"install codex-acp with scripts/install-agents.sh (or npm install -g @zed-industries/codex-acp@{CODEX_ACP_VERSION}),"
+    f"install codex-acp with scripts/install-tools.sh (or npm install -g @zed-industries/codex-acp@{CODEX_ACP_VERSION}),"
     f' set {BIN_ENV}, or give the agent a command such as "gemini --acp"'
 )
 CONTINUE = "Continue the task from where you stopped."

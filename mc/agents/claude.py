@@ -632,3 +632,14 @@ class ClaudeRunner(Runner):
                 "response": {"subtype": "success", "request_id": request_id, "response": response},
             }
         )
+
+
+def available() -> tuple[bool, str]:
+    """Whether Claude Code can be started here, and why not (for `missionctl doctor`)."""
+    import shutil
+
+    binary = os.environ.get(BIN_ENV) or "claude"
+    found = shutil.which(binary)
+    if found:
+        return True, f"{found}"
+    return False, f"{binary} not found: npm install -g @anthropic-ai/claude-code, or set {BIN_ENV}"

@@ -25,14 +25,14 @@ from mc import events as ev
 from mc.agents._stdio import SETUP_TIMEOUT, RpcError, StdioRunner, child_env, find_binary
 from mc.agents.base import RunnerContext
 
-#: The Codex CLI version this runner is tested with (scripts/install-agents.sh installs it).
+#: The Codex CLI version this runner is tested with (scripts/install-tools.sh installs it).
 CODEX_VERSION = "0.171.0"
 #: Older versions lack parts of the app-server protocol used here.
 MIN_VERSION = (0, 171, 0)
 BIN_ENV = "MC_CODEX_BIN"
 HOME_ENV = "MC_CODEX_HOME"
 INSTALL_HINT = (
-    f"install it with scripts/install-agents.sh (or npm install -g @openai/codex@{CODEX_VERSION}), "
+    f"install it with scripts/install-tools.sh (or npm install -g @openai/codex@{CODEX_VERSION}), "
     f"or set {BIN_ENV} to its path"
 )
 CONTINUE = "Continue the task from where you stopped."

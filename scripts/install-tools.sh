@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install the tools the tests use beside Python packages:
+# - bubblewrap (Debian package, when we are root and it is missing), for the sandbox tests;
+# - the pinned agent CLIs of the codex and acp runners, into the project-local folder .cache/npm
+#   (git-ignored). The runners find them there when they are not on PATH.
+# Usage: scripts/install-tools.sh   (needs node and npm; does nothing when everything is there)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get install -y -q bubblewrap >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; }; } ||
+    echo "install-tools: bubblewrap not installed; the sandbox tests will check the refusal message only" >&2
+fi
+CODEX_VERSION=0.171.0          # @openai/codex: `codex app-server`
+CODEX_ACP_VERSION=0.16.0       # @zed-industries/codex-acp: the ACP agent the acp runner is tested with
+PREFIX=.cache/npm
+BIN="$PREFIX/node_modules/.bin"
+if ! command -v npm >/dev/null 2>&1; then
+  echo "install-tools: npm not found: install Node.js 18+ (apt-get install nodejs npm) to use the codex and acp runners" >&2
+  exit 0
+fi
+installed() {  # installed PACKAGE VERSION
+  [ -f "$PREFIX/node_modules/$1/package.json" ] &&
+    node -e 'process.exit(require(process.argv[1]).version === process.argv[2] ? 0 : 1)' \
+      "$PWD/$PREFIX/node_modules/$1/package.json" "$2"
+}
+if installed @openai/codex "$CODEX_VERSION" && installed @zed-industries/codex-acp "$CODEX_ACP_VERSION" &&
+  [ -x "$BIN/codex" ] && [ -x "$BIN/codex-acp" ]; then
+  echo "install-tools: codex $CODEX_VERSION and codex-acp $CODEX_ACP_VERSION are in $PREFIX"
+  exit 0
+fi
+mkdir -p "$PREFIX"
+npm install --prefix "$PREFIX" --no-audit --no-fund --loglevel=error \
+  "@openai/codex@$CODEX_VERSION" "@zed-industries/codex-acp@$CODEX_ACP_VERSION"
+"$BIN/codex" --version
+echo "install-tools: codex $CODEX_VERSION and codex-acp $CODEX_ACP_VERSION installed in $PREFIX"
