@@ -1,0 +1,153 @@
+"""Fault suite, crash: SIGKILL a headless fleet (`python -m mc run --headless`) at random moments of a scripted
+run, then open the fleet again.
+
+After each kill: every event the dead process had printed is in its agent's events.jsonl, state.toml loads,
+every agent comes back with a valid status (those that were starting or running come back interrupted), no
+process of the dead fleet is left, each worktree is registered and `git status` works in it, and `git fsck`
+is clean.
+
+Counts: 10 kills by default, the issue's 50 with MC_FAULTS_FULL=1. MC_FAULTS_SEED fixes the random moments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from mc import events as ev
+from mc import procs
+from mc.config import load_config
+from tests.conftest import git, make_repo
+from tests.test_fleet import shell_turn, write_turn
+
+FULL = os.environ.get("MC_FAULTS_FULL") == "1"
+KILLS = 50 if FULL else 10
+ROOT = Path(__file__).resolve().parent.parent
+
+SCENARIO = {
+    "tokens_per_second": 400,
+    "agents": [
+        {
+            "name": "writer",
+            "turns": [
+                write_turn("one.txt", "one\n", say="Writing the first file, and talking while I do it."),
+                write_turn("two.txt", "two\n", say="Now the second file."),
+                {"say": "Both files are written; that is all I was asked to do.", "repeat": 3},
+            ],
+        },
+        {
+            "name": "sleeper",
+            "turns": [
+                shell_turn("echo begin; sleep 0.4; echo middle > middle.txt; sleep 0.4; echo end"),
+                shell_turn("for i in 1 2 3 4 5; do echo tick $i; sleep 0.1; done"),
+                {"say": "Finished sleeping."},
+            ],
+        },
+        {"name": "asker", "turns": [write_turn("ask.txt", "needs a yes\n"), {"say": "Done."}]},
+    ],
+}
+
+
+def write_config(path: Path, repo: Path, worktrees: Path, base_url: str) -> Path:
+    agents = [("writer", "never"), ("sleeper", "never"), ("asker", "writes")]
+    tables = "\n".join(
+        f'[[agents]]\nname = "{name}"\ntask = "Task of {name}"\nmodel = "{name}"\npolicy = "{policy}"\n'
+        for name, policy in agents
+    )
+    path.write_text(
+        f'[repo]\npath = "{repo}"\nworktree_dir = "{worktrees}"\n'
+        f'[model]\nbase_url = "{base_url}"\napi_key_env = ""\nmax_retries = 1\nretry_backoff = 0.05\n\n{tables}'
+    )
+    return path
+
+
+def run_and_kill(config: Path, delay: float) -> list[str]:
+    """Start a headless fleet, SIGKILL it after `delay` seconds, and return the complete lines it printed."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mc", "run", "--headless", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    lines: list[bytes] = []
+    assert child.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(child.stdout.readline, b"")), daemon=True)
+    reader.start()
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    reader.join(10)
+    child.stdout.close()
+    return [line.decode() for line in lines if line.endswith(b"\n")]
+
+
+def canonical(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, ensure_ascii=False)
+
+
+async def test_sigkill_at_random_moments_loses_nothing_that_was_shown(
+    tmp_path: Path, scripted: Any, fleet_factory: Any
+):
+    seed = int(os.environ.get("MC_FAULTS_SEED") or random.randrange(1 << 30))
+    rng = random.Random(seed)
+    server = scripted(SCENARIO)
+    seen_states: set[str] = set()
+    printed_total = 0
+    for i in range(KILLS):
+        where = f"kill {i} (MC_FAULTS_SEED={seed})"
+        repo = make_repo(tmp_path / f"r{i}")
+        config = write_config(tmp_path / f"mc{i}.toml", repo, tmp_path / f"wt{i}", server.base_url)
+        printed = run_and_kill(config, rng.uniform(0.4, 3.0))
+        printed_total += len(printed)
+        state_dir = repo / ".mc"
+        # what the dead process logged, before anything touches it again
+        on_disk: dict[str, set[str]] = {}
+        last_status: dict[str, str] = {}
+        for events_file in sorted(state_dir.glob("agents/*/events.jsonl")):
+            agent_id = events_file.parent.name
+            for raw in events_file.read_bytes().splitlines(keepends=True):
+                if not raw.endswith(b"\n"):
+                    continue  # a torn last line: the process died in the middle of this write
+                data = json.loads(raw)
+                on_disk.setdefault(agent_id, set()).add(canonical(data))
+                if data["type"] == "status":
+                    last_status[agent_id] = data["status"]
+        for line in printed:
+            data = json.loads(line)
+            assert canonical(data) in on_disk.get(data["agent"], set()), f"{where}: printed but not logged: {line}"
+        if (state_dir / "state.toml").exists():
+            tomllib.loads((state_dir / "state.toml").read_text())  # never torn: written by rename
+        seen_states.update(last_status.values())
+
+        fleet = await fleet_factory(load_config(config))
+        assert set(fleet.agents) == set(on_disk), where
+        for agent in fleet.list():
+            assert agent.status in ev.STATUSES, where
+            before = last_status.get(agent.id, "")
+            if before in ("starting", "running", ""):
+                assert agent.status == "interrupted", (where, agent.id, before, agent.status)
+            elif before == "waiting":
+                assert agent.status in ("waiting", "interrupted"), (where, agent.id)
+            else:
+                assert agent.status == before, (where, agent.id, before, agent.status)
+            assert not procs.find_tagged(fleet._tag(agent.id)), f"{where}: a process of {agent.id} survived"
+        listed = git(repo, "worktree", "list", "--porcelain")
+        for agent in fleet.list():
+            assert f"worktree {agent.worktree}\n" in listed + "\n", (where, agent.id)
+            subprocess.run(["git", "-C", agent.worktree, "status", "--porcelain"], check=True, capture_output=True)
+        await fleet.close()
+        fsck = subprocess.run(["git", "-C", str(repo), "fsck", "--no-progress"], capture_output=True, text=True)
+        assert fsck.returncode == 0, f"{where}: {fsck.stdout}{fsck.stderr}"
+        assert "error" not in fsck.stderr.lower() and "missing" not in fsck.stdout.lower(), where
+    assert printed_total > 0  # the kills did not all land before the first event
+    assert seen_states & {"starting", "running"}, seen_states  # and some landed in the middle of a turn
