@@ -76,7 +76,7 @@ def duration(seconds: float) -> str:
 
 def elapsed(agent: Agent, now: float) -> float:
     """Seconds the agent has been at work: until now while alive, until its last status when finished."""
-    end = now if agent.status in ("starting", "running", "waiting") else agent.status_since
+    end = now if agent.status in ("starting", "running", "waiting") else min(agent.status_since, now)
     return max(0.0, end - agent.created)
 
 

@@ -606,7 +606,7 @@ class HelpScreen(ModalScreen[None]):
         table = Table(box=None, show_header=True, header_style="bold", pad_edge=False, expand=False)
         table.add_column("key", style="bold yellow", no_wrap=True)
         table.add_column("what it does")
-        table.add_column("id ([ui.keys])", style="grey58", no_wrap=True)
+        table.add_column(Text("id in [ui.keys]"), style="grey58", no_wrap=True)
         for binding_id, keys, description in app.help_rows():
             table.add_row(keys, description, binding_id)
         with VerticalScroll(classes="dialog help"):

@@ -85,30 +85,28 @@ class ApprovalBox(Static):
 
 
 def approval_text(agent: Agent, req: ev.ApprovalRequested, keys: KeyHint, max_lines: int | None) -> Text:
+    """Title and summary, then the answering keys (always visible), then the command or the diff."""
     what = {"command": "wants to run", "write": "wants to change", "read": "wants to read"}.get(req.kind, "wants")
     t = Text()
     t.append(" NEEDS YOU ", style="bold black on yellow")
-    t.append(f" {agent.name} {what} ({req.tool})", style="bold")
+    t.append(f" {what} ({req.tool})", style="bold")
     if len(agent.pending) > 1:
         t.append(f"  1 of {len(agent.pending)}", style="yellow")
     t.append("\n")
     t.append(clean_line(req.summary) + "\n", style="bold yellow")
+    for binding_id, label in (("approve", "approve"), ("approve_all", "all like it"), ("deny", "deny")):
+        t.append(keys(binding_id), style="bold reverse")
+        t.append(f" {label}  ")
+    t.append(keys("redirect"), style="bold reverse")
+    t.append(" redirect")
     detail = req.detail.strip("\n")
     if detail and detail.strip() != req.summary.strip():
         lines = diff_lines(detail) if looks_like_diff(detail) else [("", line) for line in detail.splitlines()]
         shown = lines if max_lines is None else lines[:max_lines]
         for style, line in shown:
-            t.append(clean_line(line) + "\n", style=style)
+            t.append("\n" + clean_line(line), style=style)
         if len(shown) < len(lines):
-            t.append(f"… {len(lines) - len(shown)} more lines ({keys('zoom')}: zoom)\n", style="grey58")
-    t.append(f"{keys('approve')}", style="bold reverse")
-    t.append(" approve  ")
-    t.append(f"{keys('approve_all')}", style="bold reverse")
-    t.append(" approve + same kind for this run  ")
-    t.append(f"{keys('deny')}", style="bold reverse")
-    t.append(" deny  ")
-    t.append(f"{keys('redirect')}", style="bold reverse")
-    t.append(" redirect")
+            t.append(f"\n… {len(lines) - len(shown)} more lines ({keys('zoom')}: zoom)", style="grey58")
     return t
 
 

@@ -1,0 +1,67 @@
+"""Drive the real app on the demo fleet and save SVG screenshots: fleet view, zoom, a pending approval, help.
+
+    python screenshots/make_screenshots.py            # writes screenshots/{fleet,zoom,approval,help}.svg
+
+The demo runs against the built-in scripted model server (no key, no network) in a throwaway folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+from mc.demo import start_demo
+from mc.fleet import Fleet
+from mc.tui.app import MissionControl
+
+HERE = Path(__file__).resolve().parent
+
+
+async def _shoot(app: MissionControl, name: str) -> None:
+    app.clear_notifications()
+    app.save_screenshot(f"{name}.svg", path=str(HERE))
+    print(f"wrote {HERE / name}.svg")
+
+
+async def main() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="missionctl-shots-"))
+    demo = start_demo(folder)
+    try:
+        app = MissionControl(Fleet(demo.config), spawn_configured=True, demo=demo)
+        async with app.run_test(size=(132, 40)) as pilot:
+            while not app.opened:
+                await pilot.pause(0.1)
+            while len(app.fleet.agents) < len(demo.config.agents):
+                await pilot.pause(0.1)
+            # let the demo play until every agent has settled (demo-stream takes a few seconds)
+            await app.fleet.wait_settled(timeout=60)
+            await pilot.pause(0.6)
+            waiting = app.fleet.next_needing_decision()
+            if waiting is not None:
+                app.select(waiting.id)
+                await pilot.pause(0.3)
+            await _shoot(app, "fleet")
+            if waiting is not None:
+                await pilot.press("enter")
+                await pilot.pause(0.5)
+                await _shoot(app, "approval")
+                await pilot.press("escape")
+            app.select("demo-refactor")
+            await pilot.press("enter")
+            await pilot.pause(0.6)
+            await _shoot(app, "zoom")
+            await pilot.press("escape")
+            await pilot.press("question_mark")
+            await pilot.pause(0.4)
+            await _shoot(app, "help")
+            await pilot.press("escape")
+            await app.close_fleet()
+    finally:
+        demo.stop(remove=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
