@@ -236,14 +236,16 @@ def count_execs(pid: int, seconds: float, name: str = "git") -> tuple[int, list[
     """Processes `name` started by `pid` (and its descendants) over `seconds`, traced with strace."""
     out = Path(tempfile.mktemp(prefix="mc-strace-"))
     proc = subprocess.Popen(
-        ["strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none", "-o", str(out), "-p", str(pid)],
+        ["strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=execve", "-e", "signal=none", "-o", str(out), "-p", str(pid)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     time.sleep(seconds)
     proc.send_signal(signal.SIGINT)
     proc.wait(10)
-    calls = [line for line in out.read_text().splitlines() if "execve(" in line] if out.exists() else []
+    lines = out.read_text().splitlines() if out.exists() else []
+    # Only successful execs: a PATH search shows failed attempts (ENOENT) before the one that runs.
+    calls = [line for line in lines if "execve(" in line and not re.search(r"= -1 E", line)]
     out.unlink(missing_ok=True)
     hits = [c for c in calls if re.search(rf'execve\("[^"]*/{name}"', c)]
     return len(hits), calls
