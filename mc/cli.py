@@ -115,8 +115,61 @@ async def _run_headless(cfg: Config, out: Any = None) -> int:
     return 1 if failed else 0
 
 
+def _worktree_folder_problem(folder: Path) -> str | None:
+    """Why worktrees cannot be made under `folder` (None when they can): its nearest existing part must be a
+    writable folder."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    if not os.access(probe, os.W_OK):
+        return f"{probe} is not writable"
+    return None
+
+
+def _missing_base(cfg: Config, repo: Any) -> str | None:
+    """The message for the first base ref of the config ([repo] base, or an agent's base) that `repo` lacks."""
+    from mc.git import GitError
+
+    for label, base in [("[repo] base", cfg.repo.base), *((f"[[agents]] {a.name!r} base", a.base) for a in cfg.agents)]:
+        if not base:
+            continue
+        try:
+            repo.resolve(base)
+        except GitError:
+            return (
+                f"{label} = {base!r}: not found in {repo.root}: use an existing branch or commit "
+                "(`git branch` lists them)"
+            )
+    return None
+
+
+def _check_run(cfg: Config) -> None:
+    """What `run` needs, checked before anything is created in the repository; CliError names the config file."""
+    from mc.fleet import Fleet, FleetError
+
+    where = cfg.source or "config"
+    try:
+        fleet = Fleet(cfg, readonly=True)
+    except FleetError as exc:
+        raise CliError(f"{where}: {exc}") from None
+    try:
+        missing = _missing_base(cfg, fleet.repo)
+        if missing:
+            raise CliError(f"{where}: {missing}")
+        problem = _worktree_folder_problem(fleet.worktree_dir)
+    finally:
+        fleet.repo.close()
+    if problem:
+        raise CliError(
+            f"{where}: [repo] worktree_dir = {cfg.repo.worktree_dir!r}: {problem}: set it to a writable folder"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.config)
+    _check_run(cfg)
     if args.headless:
         return asyncio.run(_run_headless(cfg))
     return _tui(cfg, spawn_configured=True)
@@ -247,8 +300,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         repo = Repo(cfg.repo_path())
         branch = cfg.repo.base or repo.current_branch() or "(detached HEAD)"
         good &= _check(True, "repository", f"{repo.root} (base {branch})")
-        if cfg.repo.base:
-            repo.resolve(cfg.repo.base)
+        missing = _missing_base(cfg, repo)
+        if missing:
+            raise GitError(missing)
     except GitError as exc:
         good &= _check(False, "repository", str(exc))
     if repo is not None:
@@ -256,10 +310,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
         fleet = Fleet(cfg, readonly=True)
         wt = fleet.worktree_dir
-        probe = wt if wt.exists() else wt.parent
-        writable = probe.exists() and os.access(probe, os.W_OK)
+        problem = _worktree_folder_problem(wt)
         good &= _check(
-            writable, "worktree folder", f"{wt}" + ("" if writable else ": not writable; set [repo] worktree_dir")
+            problem is None, "worktree folder", f"{wt}" + (f": {problem}; set [repo] worktree_dir" if problem else "")
         )
         owner = fleet.store.owner_pid() if fleet.store.is_owned_elsewhere() else None
         _check(True, "fleet", f"owned by process {owner}" if owner else "not running")
