@@ -53,7 +53,7 @@ def percentiles(samples: list[float]) -> str:
     """p50/p95/max of millisecond samples, as one string."""
     if not samples:
         return "no samples"
-    q = statistics.quantiles(samples, n=20) if len(samples) >= 2 else [samples[0]] * 19
+    q = statistics.quantiles(samples, n=20, method="inclusive") if len(samples) >= 2 else [samples[0]] * 19
     return f"p50 {statistics.median(samples):.0f} ms  p95 {q[18]:.0f} ms  max {max(samples):.0f} ms  (n={len(samples)})"
 
 
