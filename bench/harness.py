@@ -236,7 +236,20 @@ def count_execs(pid: int, seconds: float, name: str = "git") -> tuple[int, list[
     """Processes `name` started by `pid` (and its descendants) over `seconds`, traced with strace."""
     out = Path(tempfile.mktemp(prefix="mc-strace-"))
     proc = subprocess.Popen(
-        ["strace", "-f", "--seccomp-bpf", "-qq", "-e", "trace=execve", "-e", "signal=none", "-o", str(out), "-p", str(pid)],
+        [
+            "strace",
+            "-f",
+            "--seccomp-bpf",
+            "-qq",
+            "-e",
+            "trace=execve",
+            "-e",
+            "signal=none",
+            "-o",
+            str(out),
+            "-p",
+            str(pid),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

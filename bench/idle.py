@@ -13,8 +13,19 @@ import re
 import threading
 import time
 
-from harness import CpuMeter, Server, Tmux, build_repo, count_execs, machine, read_events, remove, temp_dir
-from harness import wait_until, write_config
+from harness import (
+    CpuMeter,
+    Server,
+    Tmux,
+    build_repo,
+    count_execs,
+    machine,
+    read_events,
+    remove,
+    temp_dir,
+    wait_until,
+    write_config,
+)
 
 
 def main() -> None:
@@ -43,9 +54,7 @@ def main() -> None:
 
     def all_waiting() -> bool:
         try:
-            return all(
-                any(e.get("type") == "approval_requested" for e in read_events(state, n)) for n in names
-            )
+            return all(any(e.get("type") == "approval_requested" for e in read_events(state, n)) for n in names)
         except OSError:
             return False
 
@@ -61,8 +70,10 @@ def main() -> None:
         print(f"{args.agents} agents waiting for approval; the summary line says: {summary}")
         print(f"idle {args.seconds:g} s (nothing traced): app CPU {app_cpu:.2f}% of a core")
         gits, calls = count_execs(app.pid, args.seconds)
-        print(f"next {args.seconds:g} s under strace: git processes started while nothing changed: {gits} "
-              f"(execve calls of any program: {len(calls)})")
+        print(
+            f"next {args.seconds:g} s under strace: git processes started while nothing changed: {gits} "
+            f"(execve calls of any program: {len(calls)})"
+        )
         for call in calls[:10]:
             print("   ", call[:160])
         # Control: the same tracing does see the git calls of a change (one file saved in one worktree).

@@ -14,8 +14,18 @@ import argparse
 import re
 import time
 
-from harness import Tmux, build_repo, machine, proc_hwm_mb, proc_rss_mb, read_events, remove, temp_dir
-from harness import wait_until, write_config
+from harness import (
+    Tmux,
+    build_repo,
+    machine,
+    proc_hwm_mb,
+    proc_rss_mb,
+    read_events,
+    remove,
+    temp_dir,
+    wait_until,
+    write_config,
+)
 
 
 def main() -> None:

@@ -10,11 +10,22 @@ until the screen shows the fleet summary and the last agent's row. Includes the 
 from __future__ import annotations
 
 import argparse
-import re
+import subprocess
+import sys
 import time
 
-from harness import Tmux, build_repo, machine, percentiles, proc_rss_mb, read_events, remove, temp_dir
-from harness import wait_until, write_config
+from harness import (
+    Tmux,
+    build_repo,
+    machine,
+    percentiles,
+    proc_rss_mb,
+    read_events,
+    remove,
+    temp_dir,
+    wait_until,
+    write_config,
+)
 
 
 def main() -> None:
@@ -28,8 +39,7 @@ def main() -> None:
     d = temp_dir("mc-bench-startup-")
     repo = build_repo(d / "repo", 200)
     agents = [
-        {"name": n, "task": "print", "runner": "command", "command": f"seq -f '{n}-%.0f' 1 {args.lines}"}
-        for n in names
+        {"name": n, "task": "print", "runner": "command", "command": f"seq -f '{n}-%.0f' 1 {args.lines}"} for n in names
     ]
     cfg = write_config(d / "mc.toml", repo, "http://127.0.0.1:9/v1", agents)
     state = repo / ".mc"
@@ -60,9 +70,6 @@ def main() -> None:
             app.quit()
         print(f"first frame with {args.agents} agents restored: {percentiles(times)}  (RSS after 1 s: {rss:.0f} MB)")
         t0 = time.perf_counter()
-        import subprocess
-        import sys
-
         subprocess.run([sys.executable, "-c", "import mc.tui.app"], check=True)
         print(f"for scale: `python -c 'import mc.tui.app'` alone takes {(time.perf_counter() - t0) * 1000:.0f} ms")
     finally:

@@ -15,8 +15,22 @@ import argparse
 import re
 import time
 
-from harness import CpuMeter, Server, Tmux, build_repo, machine, percentiles, read_events, remove, streamed_text
-from harness import proc_cpu, proc_rss_mb, temp_dir, wait_until, write_config
+from harness import (
+    CpuMeter,
+    Server,
+    Tmux,
+    build_repo,
+    machine,
+    percentiles,
+    proc_cpu,
+    proc_rss_mb,
+    read_events,
+    remove,
+    streamed_text,
+    temp_dir,
+    wait_until,
+    write_config,
+)
 
 PAD = "x" * 40
 
@@ -46,9 +60,7 @@ def main() -> None:
     repo = build_repo(d / "repo", 20)
     scenario = {"agents": [{"name": n, "turns": [{"say": line_text(n), "repeat": lines}]} for n in names]}
     server = Server(scenario, d, tokens_per_second=args.rate)
-    cfg = write_config(
-        d / "mc.toml", repo, server.base_url, [{"name": n, "task": "stream", "model": n} for n in names]
-    )
+    cfg = write_config(d / "mc.toml", repo, server.base_url, [{"name": n, "task": "stream", "model": n} for n in names])
     app = Tmux(["run", "--config", str(cfg)], d)
     state = repo / ".mc"
     try:
