@@ -259,7 +259,7 @@ def _call_line(call: ev.ToolCall) -> str:
     if call.tool == "shell" or call.kind == "command":
         return f"$ {args.get('command') or call.summary}"
     if call.summary:
-        return f"→ {call.tool} {call.summary}"
+        return f"→ {call.summary}"
     return f"→ {call.tool}"
 
 

@@ -2,6 +2,8 @@
 
     python screenshots/make_screenshots.py            # writes screenshots/{fleet,zoom,approval,help}.svg
 
+and a PNG beside each SVG where `rsvg-convert` (Debian: librsvg2-bin) is installed.
+
 The demo runs against the built-in scripted model server (no key, no network) in a throwaway folder.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -23,6 +26,10 @@ async def _shoot(app: MissionControl, name: str) -> None:
     app.clear_notifications()
     app.save_screenshot(f"{name}.svg", path=str(HERE))
     print(f"wrote {HERE / name}.svg")
+    converter = shutil.which("rsvg-convert")
+    if converter:
+        subprocess.run([converter, "-o", str(HERE / f"{name}.png"), str(HERE / f"{name}.svg")], check=True)
+        print(f"wrote {HERE / name}.png")
 
 
 async def main() -> None:

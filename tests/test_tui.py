@@ -247,6 +247,16 @@ async def test_zoom_shows_log_and_live_diff(repo: Path, server: Any) -> None:
         zoom = app.screen
         assert isinstance(zoom, ZoomScreen)
         assert "+second line" in zoom.diff_view.plain_text()
+        # the diff is coloured on screen: added lines green, removed red, hunks cyan
+        view = zoom.diff_view
+        view.scroll_home(animate=False, immediate=True)
+        await pilot.pause()
+        colours = {}
+        for row in range(min(view.size.height, len(view.lines))):
+            for segment in view.render_line(row):
+                if segment.text.strip() and segment.style is not None and segment.style.color is not None:
+                    colours.setdefault(segment.text.strip()[:2], segment.style.color.name)
+        assert colours.get("+s") == "green" and colours.get("@@") == "cyan", colours
         assert "notes.txt" in str(zoom.files.render())
         assert "The notes are written." in zoom.log_view.plain_text()
         assert not zoom.query_one("#split").has_class("stacked")

@@ -138,7 +138,7 @@ def _status_message(base_url: str, exc: openai.APIStatusError) -> str:
         err = body.get("error", body)
         if isinstance(err, dict) and err.get("message"):
             message = str(err["message"])
-    return f"{base_url} answered HTTP {exc.status_code}: {message}".strip()
+    return f"HTTP {exc.status_code} from the model endpoint: {message} ({base_url})".strip()
 
 
 class BuiltinRunner(Runner):

@@ -105,7 +105,7 @@ def header_text(agent: Agent, now: float, *, waiting_lines: int = 0) -> Text:
     t = Text(no_wrap=True, overflow="ellipsis")
     t.append_text(status_text(agent.status))
     t.append(f" {duration(elapsed(agent, now))}")
-    t.append(f" {short_number(agent.tokens)}tok", style="grey62")
+    t.append(f" {short_number(agent.tokens)} tok", style="grey62")
     files = agent.files_changed
     t.append(f" {files} file{'s' if files != 1 else ''} ")
     t.append(f"+{agent.lines_added}", style="green")

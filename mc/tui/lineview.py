@@ -146,7 +146,9 @@ class LineView(ScrollView, can_focus=True):
             style, text = self._partial[index - n]
         else:
             return Strip.blank(width, base)
-        line = Text(text, style=style, no_wrap=True, end="")
+        line = Text(text, no_wrap=True, end="")
+        if style:
+            line.stylize(style)  # a span: Text.render() drops a Text's own base style
         line.truncate(width)
         segments = list(line.render(self.app.console))
         return Strip(segments).apply_style(base).crop_extend(0, width, base)
