@@ -299,10 +299,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         repo = Repo(cfg.repo_path())
         branch = cfg.repo.base or repo.current_branch() or "(detached HEAD)"
-        good &= _check(True, "repository", f"{repo.root} (base {branch})")
         missing = _missing_base(cfg, repo)
         if missing:
             raise GitError(missing)
+        good &= _check(True, "repository", f"{repo.root} (base {branch})")
     except GitError as exc:
         good &= _check(False, "repository", str(exc))
     if repo is not None:

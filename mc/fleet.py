@@ -110,9 +110,24 @@ class Fleet:
         if self.readonly:
             self._tail_task = asyncio.get_running_loop().create_task(self._tail())
         else:
+            await self._preload_runners()
             await self._revive()
         self._opened = True
         self._update_settled()
+
+    async def _preload_runners(self) -> None:
+        """Import the runners this fleet uses in a thread: the openai SDK takes ~0.5 s to import, which would
+        otherwise stall the event loop at the first spawn."""
+        from mc.agents import runner_class
+
+        kinds = {"builtin"} | {a.runner for a in self.agents.values()} | {a.runner for a in self.config.agents}
+
+        def load() -> None:
+            for kind in kinds:
+                with contextlib.suppress(Exception):
+                    runner_class(kind)
+
+        await asyncio.to_thread(load)
 
     def _restore(self) -> None:
         state = self.store.load_state()

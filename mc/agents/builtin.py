@@ -392,6 +392,8 @@ class BuiltinRunner(Runner):
             ctx.emit(ev.Refused(agent=ctx.agent_id, call_id=call["id"], tool=name, reason=str(exc)))
             self._answer(call, f"refused: {exc}", ok=False)
             return
+        if not outcome.ok and outcome.exit_code is None and "bubblewrap is not installed" in outcome.output:
+            ctx.emit(ev.Refused(agent=ctx.agent_id, call_id=call["id"], tool=name, reason=outcome.output.strip()))
         self._answer(call, outcome.output, ok=outcome.ok, exit_code=outcome.exit_code)
 
     # -- the model ---------------------------------------------------------------------------------
@@ -442,10 +444,12 @@ class BuiltinRunner(Runner):
                 message += f" (is {self.ctx.config.model.api_key_env} set to a valid key?)"
             return ModelFailed(message)
         if isinstance(exc, openai.APITimeoutError):
-            return _Retryable(f"{base} sent nothing for {self.ctx.config.model.timeout:.0f}s (stalled)")
+            return _Retryable(f"{base} sent nothing for {self.ctx.config.model.timeout:g}s (stalled)")
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc
-            return _Retryable(f"cannot reach {base}: {cause}")
+            if isinstance(cause, ConnectionError) or type(cause).__name__ in ("ConnectError", "ConnectTimeout"):
+                return _Retryable(f"cannot reach {base}: {cause}")
+            return _Retryable(f"the connection to {base} broke: {cause}")
         if isinstance(exc, ValueError):  # malformed JSON in the stream
             return _Retryable(f"{base} sent a malformed response: {exc}")
         if isinstance(exc, openai.APIError):
