@@ -57,6 +57,21 @@ async def test_approve_runs_the_command_and_its_output_reaches_the_pane(repo: Pa
         assert "The check printed hello-from-tool." in pane_text(app, "runner")
 
 
+async def test_failures_and_finished_work_say_what_they_ask_of_the_engineer(repo: Path, server: Any) -> None:
+    app = make_app(repo, server, [agent("broken"), agent("writer", policy="never"), agent("quiet")])
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot, app)
+        await until(pilot, lambda: app.fleet.agents["writer"].files_changed == 1, what="the writer's diff")
+        await pilot.pause(0.5)
+        panes = app.fleet_screen().panes
+        broken = str(panes["broken"].approval.render())
+        assert "FAILED" in broken and "the model is on fire" in broken and "HTTP 500" in broken
+        assert "R resume" in broken
+        writer = str(panes["writer"].approval.render())
+        assert "READY FOR REVIEW" in writer and "m merge" in writer
+        assert not panes["quiet"].approval.display  # idle with nothing to review asks nothing
+
+
 async def test_approve_all_remembers_the_kind(repo: Path, server: Any) -> None:
     app = make_app(repo, server, [agent("runner")])
     async with app.run_test(size=(120, 40)) as pilot:

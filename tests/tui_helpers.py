@@ -47,6 +47,11 @@ SCENARIO: dict[str, Any] = {
             ],
         },
         {
+            "name": "broken",
+            "faults": [{"kind": "500", "message": "the model is on fire"}],
+            "turns": [],
+        },
+        {
             "name": "quiet",
             "turns": [{"say": "Nothing to do here."}],
         },

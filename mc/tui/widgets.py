@@ -77,11 +77,38 @@ class ApprovalBox(Static):
 
     def show_request(self, agent: Agent, keys: KeyHint, max_lines: int | None) -> None:
         req = agent.oldest_pending()
-        if req is None:
+        text = approval_text(agent, req, keys, max_lines) if req is not None else status_notice(agent, keys)
+        if text is None:
             self.display = False
             return
         self.display = True
-        self.update(approval_text(agent, req, keys, max_lines))
+        self.update(text)
+
+
+def status_notice(agent: Agent, keys: KeyHint) -> Text | None:
+    """What an agent without a question still asks of the engineer: a failure to read, work to review."""
+    t = Text()
+    if agent.status == "failed":
+        t.append(" FAILED ", style="bold white on red")
+        t.append(" " + clean_line(agent.error or agent.status_reason or "see the log")[:400], style="bold")
+        t.append("\n")
+        actions = (("resume", "resume"), ("redirect", "redirect"), ("discard", "discard"))
+    elif agent.status == "interrupted":
+        t.append(" INTERRUPTED ", style="bold black on grey70")
+        if agent.status_reason:
+            t.append(" " + clean_line(agent.status_reason)[:200])
+        t.append("\n")
+        actions = (("resume", "resume"), ("redirect", "redirect"), ("kill", "kill"))
+    elif agent.status == "idle" and agent.files_changed:
+        t.append(" READY FOR REVIEW ", style="bold black on green")
+        t.append(f" {agent.files_changed} file{'s' if agent.files_changed != 1 else ''} changed\n")
+        actions = (("zoom", "review"), ("merge", "merge"), ("redirect", "redirect"), ("discard", "discard"))
+    else:
+        return None
+    for binding_id, label in actions:
+        t.append(keys(binding_id), style="bold reverse")
+        t.append(f" {label}  ")
+    return t
 
 
 def approval_text(agent: Agent, req: ev.ApprovalRequested, keys: KeyHint, max_lines: int | None) -> Text:
