@@ -11,6 +11,18 @@ from typing import Any
 from mc import events as ev
 from mc.agent import Agent
 from mc.config import AgentConfig, Config
+from mc.tools import allowed_by_prefix
+
+
+def needs_approval(policy: str, kind: str, command: str, allow: list[str]) -> bool:
+    """Whether the approval policy makes a call of this kind (read, write, command) wait for the engineer."""
+    if policy == "never":
+        return False
+    if policy == "writes":
+        return kind in ("write", "command")
+    if policy == "commands":
+        return kind == "command" and not allowed_by_prefix(command, allow)
+    return True  # always, and anything unknown: ask
 
 
 class RunnerError(Exception):

@@ -20,9 +20,8 @@ from typing import Any
 import openai
 
 from mc import events as ev
-from mc.agents.base import Runner, RunnerContext, RunnerError
+from mc.agents.base import Runner, RunnerContext, RunnerError, needs_approval
 from mc.tools import TOOLS, Refusal, Workspace, command_key, openai_tools, preview, run_tool, safe_env
-from mc.tools import allowed_by_prefix as _allowed
 
 SYSTEM_PROMPT = """\
 You are a careful software engineer working on a task in a git worktree at {worktree}.
@@ -54,19 +53,6 @@ class _Reply:
     calls: list[dict[str, str]] = field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
-
-
-def needs_approval(policy: str, kind: str, command: str, allow: list[str]) -> bool:
-    """Whether the approval policy makes a call of this kind wait for the engineer."""
-    if policy == "always":
-        return True
-    if policy == "never":
-        return False
-    if policy == "writes":
-        return kind in ("write", "command")
-    if policy == "commands":
-        return kind == "command" and not _allowed(command, allow)
-    return True
 
 
 def remember_key(tool: str, kind: str, args: dict[str, Any]) -> str:

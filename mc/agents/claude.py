@@ -20,18 +20,8 @@ from typing import Any
 
 from mc import events as ev
 from mc import procs
-from mc.agents.base import Runner, RunnerContext, RunnerError
-
-try:
-    from mc.tools.commands import allowed_by_prefix, command_key
-except ImportError:  # pragma: no cover - the tools package is always there in a full installation
-
-    def command_key(command: str) -> str:
-        return command.strip()
-
-    def allowed_by_prefix(command: str, allow: list[str]) -> bool:
-        return False
-
+from mc.agents.base import Runner, RunnerContext, RunnerError, needs_approval
+from mc.tools import command_key
 
 #: Environment variable naming the Claude Code executable (default "claude").
 BIN_ENV = "MC_CLAUDE_BIN"
@@ -80,17 +70,6 @@ def remember_key(tool: str, kind: str, tool_input: dict[str, Any]) -> str:
     if kind == "write" or tool in READ_TOOLS:
         return kind
     return f"tool:{tool}"
-
-
-def needs_approval(policy: str, kind: str, command: str, allow: list[str]) -> bool:
-    """Whether the approval policy makes a call of this kind wait for the engineer."""
-    if policy == "never":
-        return False
-    if policy == "writes":
-        return kind in ("write", "command")
-    if policy == "commands":
-        return kind == "command" and not allowed_by_prefix(command, allow)
-    return True
 
 
 def _rel(path: str, root: Path) -> str:
