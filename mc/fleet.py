@@ -100,7 +100,8 @@ class Fleet:
         except StoreError as exc:
             self.store.release()
             raise FleetError(str(exc)) from None
-        self.diff_scheduler = DiffScheduler(on_diff=self._on_diff, on_error=self._on_diff_error)
+        # The watcher already debounces each worktree; a second debounce here would only add latency.
+        self.diff_scheduler = DiffScheduler(on_diff=self._on_diff, on_error=self._on_diff_error, delay=0.0)
         self.watcher = WorktreeWatcher(on_change=self._on_worktree_change)
         await self.watcher.start()
         for agent in self.agents.values():
