@@ -563,7 +563,7 @@ def test_demo_scenario_has_the_five_agents() -> None:
 async def test_demo_agents_play_through(serve) -> None:
     server = await serve(demo_scenario_path(), tokens_per_second=0, first_byte_delay=0)
     async with client(server, max_retries=1) as c:
-        with pytest.raises(openai.InternalServerError, match="demo-flaky"):
+        with pytest.raises(openai.InternalServerError, match="the model is overloaded"):
             await c.responses.create(model="demo-flaky", input="Rename shout", tools=RESPONSES_TOOLS)
         writes = await _play(c, "demo-refactor", outputs={"shell": "Ran 4 tests in 0.001s\n\nOK"})
         assert sorted(writes) == ["README.md", "app/text.py", "tests/test_text.py"]
