@@ -5,18 +5,20 @@ for it arrives, beside the raw git commands that diff needs, timed in the same r
 
 The fleet runs in this process (agents are `command` runners that sleep; the bench writes the files into
 their worktrees as the agent would). Timed from the write to the DiffChanged event reaching a fleet
-listener; the app shows it at its next drain (mc/tui/app.py DRAIN_INTERVAL later at most).
+listener. Then the same save is timed in the real app in tmux (zoomed into the agent) until the saved
+path shows on screen.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import subprocess
 import time
 from pathlib import Path
 
-from harness import build_repo, machine, percentiles, remove, temp_dir
+from harness import Tmux, build_repo, machine, percentiles, remove, temp_dir, write_config
 
 from mc import events as ev
 from mc.config import AgentConfig, Config
@@ -119,6 +121,41 @@ async def run(args: argparse.Namespace, d: Path) -> None:
         for a in fleet.list():
             await fleet.kill(a.id)
         await fleet.close()
+    if args.screen:
+        await asyncio.to_thread(on_screen, args, d, repo, Path(fleet.get(names[0]).worktree))
+
+
+def on_screen(args: argparse.Namespace, d: Path, repo: Path, worktree: Path) -> None:
+    """The same save, timed until its path shows in the zoomed agent's diff in the real app in tmux."""
+    cfg = write_config(d / "mc.toml", repo, "http://127.0.0.1:9/v1", [])
+    app = Tmux(["--config", str(cfg)], d)
+    try:
+        if app.wait_for(r"\d+ agents?\b", 60) is None:
+            raise SystemExit("the app did not start:\n" + app.screen())
+        app.keys("1")
+        time.sleep(1)
+        app.keys("Enter")
+        if app.wait_for(r"zoom: d0", 10) is None:
+            raise SystemExit("no zoom:\n" + app.screen())
+        time.sleep(2)
+        shown, missed = [], 0
+        for i in range(args.screen):
+            rel = f"onscreen/saved{i}.py"
+            (worktree / "onscreen").mkdir(exist_ok=True)
+            start = time.perf_counter()
+            (worktree / rel).write_text(f"# saved {i}\n")
+            seen = app.wait_for(re.escape(rel), 10, poll=0.003)
+            if seen is None:
+                if not missed:
+                    print(f"{rel} did not show within 10 s:\n{app.screen()}")
+                missed += 1
+            else:
+                shown.append((time.perf_counter() - start) * 1000)
+            time.sleep(0.3)
+        print(f"the real app in tmux, zoomed into d0 ({args.screen} saves of a new file):")
+        print(f"  save -> path on screen {percentiles(shown)}  not shown: {missed}")
+    finally:
+        app.quit()
 
 
 def main() -> None:
@@ -127,6 +164,7 @@ def main() -> None:
     ap.add_argument("--saves", type=int, default=30)
     ap.add_argument("--agents", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--screen", type=int, default=15, help="saves timed until on screen in the real app (0: skip)")
     args = ap.parse_args()
     print(machine())
     d = temp_dir("mc-bench-diff-")
