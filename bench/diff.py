@@ -6,7 +6,7 @@ for it arrives, beside the raw git commands that diff needs, timed in the same r
 The fleet runs in this process (agents are `command` runners that sleep; the bench writes the files into
 their worktrees as the agent would). Timed from the write to the DiffChanged event reaching a fleet
 listener. Then the same save is timed in the real app in tmux (zoomed into the agent) until the saved
-path shows on screen.
+file count of its diff ("N files changed") shows the new file on screen.
 """
 
 from __future__ import annotations
@@ -139,21 +139,24 @@ def on_screen(args: argparse.Namespace, d: Path, repo: Path, worktree: Path) -> 
             raise SystemExit("no zoom:\n" + app.screen())
         time.sleep(2)
         shown, missed = [], 0
+        count = re.compile(r"(\d+) files? changed")
         for i in range(args.screen):
             rel = f"onscreen/saved{i}.py"
             (worktree / "onscreen").mkdir(exist_ok=True)
+            before = count.search(app.screen())
+            want = rf"\b{int(before.group(1)) + 1 if before else 1} files? changed"
             start = time.perf_counter()
             (worktree / rel).write_text(f"# saved {i}\n")
-            seen = app.wait_for(re.escape(rel), 10, poll=0.003)
+            seen = app.wait_for(want, 10, poll=0.003)
             if seen is None:
                 if not missed:
-                    print(f"{rel} did not show within 10 s:\n{app.screen()}")
+                    print(f"{want!r} did not show within 10 s:\n{app.screen()}")
                 missed += 1
             else:
                 shown.append((time.perf_counter() - start) * 1000)
             time.sleep(0.3)
-        print(f"the real app in tmux, zoomed into d0 ({args.screen} saves of a new file):")
-        print(f"  save -> path on screen {percentiles(shown)}  not shown: {missed}")
+        print(f"the real app in tmux, zoomed into d0 ({args.screen} saves of a new file each):")
+        print(f"  save -> new file count on screen {percentiles(shown)}  not shown: {missed}")
     finally:
         app.quit()
 
