@@ -14,6 +14,8 @@ import json
 import os
 import platform
 import random
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -436,87 +438,118 @@ class BuiltinRunner(Runner):
             if isinstance(cause, ConnectionError) or type(cause).__name__ in ("ConnectError", "ConnectTimeout"):
                 return _Retryable(f"cannot reach {base}: {cause}")
             return _Retryable(f"the connection to {base} broke: {cause}")
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "TimeoutException" in names:  # the transport's own, read mid-stream
+            return _Retryable(f"{base} sent nothing for {self.ctx.config.model.timeout:g}s (stalled)")
+        if names & {"TransportError", "NetworkError", "ProtocolError", "StreamError"}:
+            return _Retryable(f"the connection to {base} broke: {exc or type(exc).__name__}")
         if isinstance(exc, ValueError):  # malformed JSON in the stream
             return _Retryable(f"{base} sent a malformed response: {exc}")
         if isinstance(exc, openai.APIError):
             return _Retryable(f"{base}: {exc}")
         return _Retryable(f"{base}: the stream broke ({type(exc).__name__}: {exc})")
 
+    async def _sse(self, request: Any) -> AsyncIterator[dict[str, Any]]:
+        """The JSON payloads of a streamed answer, read as raw server-sent events.
+
+        The SDK's typed stream validates every event with pydantic, which costs more than everything else an
+        agent does while a model streams; a plain `json.loads` of each `data:` line is enough for the few
+        fields we read. Status errors are still raised by the SDK (before the first line)."""
+        async with request as response:
+            async for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if not data or data == "[DONE]":
+                    continue
+                value = json.loads(data)
+                if isinstance(value, dict):
+                    yield value
+
     async def _responses(self) -> _Reply:
         reply = _Reply()
-        emit, agent_id = self.ctx.emit, self.ctx.agent_id
+        text = _DeltaBuffer(self.ctx)
+        completed = False
         try:
-            stream = await self.client.responses.create(
+            request = self.client.responses.with_streaming_response.create(
                 model=self.model,
                 instructions=self.system,
                 input=to_responses_input(self.ctx.agent.conversation),  # type: ignore[arg-type]
                 tools=openai_tools("responses"),  # type: ignore[arg-type]
                 stream=True,
             )
-            completed = False
-            async for event in stream:
-                etype = getattr(event, "type", "")
+            async for event in self._sse(request):
+                etype = event.get("type", "")
                 if etype == "response.output_text.delta":
-                    reply.text += event.delta
-                    emit(ev.TextDelta(agent=agent_id, text=event.delta))
+                    delta = str(event.get("delta", ""))
+                    reply.text += delta
+                    text.add(delta)
                 elif etype == "response.output_item.done":
-                    item = event.item
-                    if getattr(item, "type", "") == "function_call":
-                        reply.calls.append({"id": item.call_id, "name": item.name, "arguments": item.arguments or ""})
+                    item = event.get("item") or {}
+                    if item.get("type") == "function_call":
+                        reply.calls.append(
+                            {
+                                "id": str(item.get("call_id", "")),
+                                "name": str(item.get("name", "")),
+                                "arguments": str(item.get("arguments") or ""),
+                            }
+                        )
                 elif etype == "response.completed":
                     completed = True
-                    usage = getattr(event.response, "usage", None)
-                    if usage is not None:
-                        reply.input_tokens = usage.input_tokens or 0
-                        reply.output_tokens = usage.output_tokens or 0
+                    usage = (event.get("response") or {}).get("usage") or {}
+                    reply.input_tokens = int(usage.get("input_tokens") or 0)
+                    reply.output_tokens = int(usage.get("output_tokens") or 0)
                 elif etype in ("response.failed", "error"):
-                    err = getattr(getattr(event, "response", None), "error", None) or getattr(event, "message", "")
+                    err = (event.get("response") or {}).get("error") or event.get("message") or event
                     raise _Retryable(f"{self.ctx.config.model.base_url} reported: {err}")
         except (_Retryable, ModelFailed, asyncio.CancelledError):
             raise
         except Exception as exc:
             raise self._classify(exc) from None
+        finally:
+            text.flush()
         if not completed:
             raise _Retryable(f"{self.ctx.config.model.base_url}: the stream ended before the response completed")
         return reply
 
     async def _chat(self) -> _Reply:
         reply = _Reply()
-        emit, agent_id = self.ctx.emit, self.ctx.agent_id
+        text = _DeltaBuffer(self.ctx)
         calls: dict[int, dict[str, str]] = {}
         finished = False
         try:
-            stream = await self.client.chat.completions.create(
+            request = self.client.chat.completions.with_streaming_response.create(
                 model=self.model,
                 messages=to_chat_messages(self.system, self.ctx.agent.conversation),  # type: ignore[arg-type]
                 tools=openai_tools("chat"),  # type: ignore[arg-type]
                 stream=True,
                 stream_options={"include_usage": True},
             )
-            async for chunk in stream:
-                if chunk.usage is not None:
-                    reply.input_tokens = chunk.usage.prompt_tokens or 0
-                    reply.output_tokens = chunk.usage.completion_tokens or 0
-                for choice in chunk.choices or []:
-                    delta = choice.delta
-                    if delta is not None and delta.content:
-                        reply.text += delta.content
-                        emit(ev.TextDelta(agent=agent_id, text=delta.content))
-                    for tc in (delta.tool_calls if delta is not None else None) or []:
-                        slot = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
-                        if tc.id:
-                            slot["id"] = tc.id
-                        if tc.function is not None:
-                            if tc.function.name:
-                                slot["name"] += tc.function.name
-                            if tc.function.arguments:
-                                slot["arguments"] += tc.function.arguments
-                    if choice.finish_reason:
+            async for chunk in self._sse(request):
+                usage = chunk.get("usage")
+                if usage:
+                    reply.input_tokens = int(usage.get("prompt_tokens") or 0)
+                    reply.output_tokens = int(usage.get("completion_tokens") or 0)
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        reply.text += delta["content"]
+                        text.add(delta["content"])
+                    for tc in delta.get("tool_calls") or []:
+                        slot = calls.setdefault(int(tc.get("index", 0)), {"id": "", "name": "", "arguments": ""})
+                        if tc.get("id"):
+                            slot["id"] = tc["id"]
+                        function = tc.get("function") or {}
+                        slot["name"] += function.get("name") or ""
+                        slot["arguments"] += function.get("arguments") or ""
+                    if choice.get("finish_reason"):
                         finished = True
         except (_Retryable, ModelFailed, asyncio.CancelledError):
             raise
         except Exception as exc:
             raise self._classify(exc) from None
+        finally:
+            text.flush()
         if not finished:
             raise _Retryable(f"{self.ctx.config.model.base_url}: the stream ended before the answer was finished")
         for index in sorted(calls):
@@ -525,3 +558,30 @@ class BuiltinRunner(Runner):
                 call["id"] = f"call_{index}_{random.randrange(1 << 30):x}"
             reply.calls.append(call)
         return reply
+
+
+class _DeltaBuffer:
+    """Coalesces streamed text into one TextDelta per agent every ~50 ms (every character still reaches the
+    log; at a fast stream this is far fewer events to write, fold and show)."""
+
+    INTERVAL = 0.05
+
+    def __init__(self, ctx: RunnerContext) -> None:
+        self.ctx = ctx
+        self.parts: list[str] = []
+        self.since = 0.0
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        now = time.monotonic()
+        if not self.parts:
+            self.since = now
+        self.parts.append(text)
+        if now - self.since >= self.INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.ctx.emit(ev.TextDelta(agent=self.ctx.agent_id, text="".join(self.parts)))
+            self.parts = []
