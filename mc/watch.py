@@ -101,7 +101,7 @@ class _WatchThread(threading.Thread):
         try:
             while True:
                 # A finite timeout lets a draining thread hand over what it has before it ends.
-                result = self.notify.watch(1000, 50, 200, self.stop_event)
+                result = self.notify.watch(1000, 50, 1000, self.stop_event)
                 if result == "stop":
                     return
                 if not isinstance(result, str):

@@ -257,7 +257,7 @@ class MissionControl(App[int]):
             view.sync(dirty)
 
     def _tick(self) -> None:
-        if self._closed or not any(a.status in ev.ACTIVE_STATUSES for a in self.agents()):
+        if self._closed or not any(a.status in ("starting", "running") for a in self.agents()):
             return
         view = self.view_screen()
         if view is not None:

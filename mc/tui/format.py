@@ -75,8 +75,9 @@ def duration(seconds: float) -> str:
 
 
 def elapsed(agent: Agent, now: float) -> float:
-    """Seconds the agent has been at work: until now while alive, until its last status when finished."""
-    end = now if agent.status in ("starting", "running", "waiting") else min(agent.status_since, now)
+    """Seconds the agent has been at work: until now while it works; a waiting, idle or finished agent's clock
+    stands still at its last status change (so that a fleet waiting for the engineer repaints nothing)."""
+    end = now if agent.status in ("starting", "running") else min(agent.status_since, now)
     return max(0.0, end - agent.created)
 
 

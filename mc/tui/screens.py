@@ -193,7 +193,7 @@ class FleetScreen(Screen):
         now = app.now()
         for agent_id, pane in self.panes.items():
             agent = app.fleet.agents.get(agent_id)
-            if agent is not None and pane.is_mounted and agent.status in ("starting", "running", "waiting"):
+            if agent is not None and pane.is_mounted and agent.status in ("starting", "running"):
                 pane.update_header(agent, now)
         if self.agent_list is not None:
             self.agent_list.set_state(app.agents(), app.selected, now)
