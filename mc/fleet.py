@@ -71,6 +71,7 @@ class Fleet:
         self.diff_scheduler: DiffScheduler | None = None
         self.watcher: WorktreeWatcher | None = None
         self._fleet_key = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
+        self._preload: asyncio.Task[None] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
     @property
@@ -111,7 +112,8 @@ class Fleet:
         if self.readonly:
             self._tail_task = asyncio.get_running_loop().create_task(self._tail())
         else:
-            await self._preload_runners()
+            # in the background: the first frame need not wait for the openai SDK's import
+            self._preload = asyncio.get_running_loop().create_task(self._preload_runners())
             await self._revive()
         self._opened = True
         self._update_settled()
@@ -129,6 +131,12 @@ class Fleet:
                     runner_class(kind)
 
         await asyncio.to_thread(load)
+
+    async def _runners_loaded(self) -> None:
+        """Wait (without blocking the loop) until the background import of the runners is done."""
+        if self._preload is not None:
+            with contextlib.suppress(Exception):
+                await self._preload
 
     def _restore(self) -> None:
         state = self.store.load_state()
@@ -154,10 +162,10 @@ class Fleet:
 
     async def _revive(self) -> None:
         """After a restart: leftover processes die, mid-turn agents become interrupted, pending approvals wait."""
-        for agent in self.agents.values():
-            if agent.status in ev.FINAL_STATUSES and agent.status != "failed":
-                continue
-            await asyncio.to_thread(procs.kill_tagged, self._tag(agent.id))
+        live = [a for a in self.agents.values() if a.status not in ev.FINAL_STATUSES or a.status == "failed"]
+        tags = [self._tag(a.id) for a in live]
+        await asyncio.to_thread(lambda: [procs.kill_tagged(tag) for tag in tags])
+        for agent in live:
             if agent.status in ("starting", "running"):
                 self.emit(
                     ev.StatusChanged(
@@ -169,6 +177,7 @@ class Fleet:
                 )
             elif agent.status == "waiting":
                 if agent.pending:
+                    await self._runners_loaded()
                     runner = self._runner(agent.id)
                     await runner.restore()
                 else:
@@ -417,6 +426,7 @@ class Fleet:
         if self.watcher is not None:
             self.watcher.add(name, worktree)
         try:
+            await self._runners_loaded()
             runner = self._runner(name)
             await runner.start(spec.task)
         except Exception as exc:
@@ -455,6 +465,7 @@ class Fleet:
         self._check_writable()
         agent = self.get(agent_id)
         req = self._pending(agent, approval_id)
+        await self._runners_loaded()
         runner = self._runner(agent.id)
         decision = "approve_all" if remember else "approve"
         self.emit(ev.ApprovalResolved(agent=agent.id, approval_id=req.approval_id, decision=decision))
@@ -465,6 +476,7 @@ class Fleet:
         self._check_writable()
         agent = self.get(agent_id)
         req = self._pending(agent, approval_id)
+        await self._runners_loaded()
         runner = self._runner(agent.id)
         self.emit(ev.ApprovalResolved(agent=agent.id, approval_id=req.approval_id, decision="deny", reason=reason))
         await self._resolve(runner, agent, req, "deny", reason)
@@ -491,6 +503,7 @@ class Fleet:
             raise FleetError(f"{agent.name} was killed and its worktree is gone: start a new agent instead")
         self._cancel_pending(agent, "the engineer gave a new instruction instead")
         self.emit(ev.UserMessage(agent=agent.id, text=text, redirect=True))
+        await self._runners_loaded()
         try:
             await self._runner(agent.id).send(text)
         except RunnerError as exc:
@@ -517,6 +530,7 @@ class Fleet:
         if not Path(agent.worktree).is_dir():
             raise FleetError(f"{agent.name}'s worktree {agent.worktree} is gone: it cannot resume")
         self.emit(ev.StatusChanged(agent=agent.id, status="running", previous=agent.status, reason="resumed"))
+        await self._runners_loaded()
         await self._runner(agent.id).resume()
 
     async def kill(self, agent_id: str, *, discard: bool = False) -> None:
