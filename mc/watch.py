@@ -160,6 +160,7 @@ class WorktreeWatcher:
         self._pending: dict[str, set[str]] = {}
         self._first: dict[str, float] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._last_flush: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
 
@@ -262,11 +263,15 @@ class WorktreeWatcher:
             timer = self._timers.pop(agent_id, None)
             if timer:
                 timer.cancel()
+            if timer is None and now - self._last_flush.get(agent_id, -1e9) >= self._debounce:
+                self._flush(agent_id)  # leading edge: a change after a quiet spell goes out at once
+                continue
             delay = 0.0 if now - first >= self._max_wait else self._debounce
             self._timers[agent_id] = self._loop.call_later(delay, self._flush, agent_id)
 
     def _flush(self, agent_id: str) -> None:
         self._timers.pop(agent_id, None)
+        self._last_flush[agent_id] = self._loop.time() if self._loop is not None else 0.0
         self._first.pop(agent_id, None)
         paths = self._pending.pop(agent_id, None)
         if not paths or agent_id not in self._paths:
