@@ -162,6 +162,7 @@ class AgentPane(Vertical):
         self.log_view.can_focus = False
         self.feed = LogFeed(self.log_view)
         self._version = -1
+        self._header: tuple[str, str, str, str] | None = None
 
     def compose(self) -> ComposeResult:
         yield self.head
@@ -195,9 +196,15 @@ class AgentPane(Vertical):
 
     def update_header(self, agent: Agent, now: float) -> None:
         prefix = f"{self.index} " if 0 < self.index < 10 else ""
-        self.border_title = f"{prefix}{agent.name}"
-        self.head.update(header_text(agent, now, waiting_lines=self.log_view.waiting))
-        self.border_subtitle = f"paused · {self.log_view.waiting} new · end: follow" if not self.log_view.follow else ""
+        title = f"{prefix}{agent.name}"
+        subtitle = f"paused · {self.log_view.waiting} new · end: follow" if not self.log_view.follow else ""
+        head = header_text(agent, now, waiting_lines=self.log_view.waiting)
+        if (title, subtitle, head.plain, agent.status) == self._header:
+            return  # nothing new to show: no repaint
+        self._header = (title, subtitle, head.plain, agent.status)
+        self.border_title = title
+        self.head.update(head)
+        self.border_subtitle = subtitle
 
     def on_click(self, event: events.Click) -> None:
         self.post_message(self.Clicked(self.agent_id))
@@ -217,12 +224,34 @@ class AgentList(Widget, can_focus=False):
         self.selected: str | None = None
         self.now = 0.0
         self._top = 0
+        self._shown: object = None
 
     def set_state(self, agents: Sequence[Agent], selected: str | None, now: float) -> None:
+        """Take the fleet's state; repaint only when a row would show something else (a streaming fleet
+        changes its log lines many times a second, but its rows rarely)."""
         self.agents = list(agents)
         self.selected = selected
         self.now = now
-        self.refresh()
+        shown = (
+            selected,
+            self.size,
+            tuple(
+                (
+                    a.id,
+                    a.status,
+                    int(elapsed(a, now)),
+                    short_number(a.tokens),
+                    a.files_changed,
+                    a.lines_added,
+                    a.lines_removed,
+                    bool(a.pending),
+                )
+                for a in self.agents
+            ),
+        )
+        if shown != self._shown:
+            self._shown = shown
+            self.refresh()
 
     def _window(self) -> tuple[int, int]:
         height = max(1, self.size.height)
