@@ -34,7 +34,7 @@ def _json_args(arguments: str) -> dict[str, Any]:
 class AgentLog:
     """A bounded ring of log lines plus partial-line assembly for streamed text and output."""
 
-    def __init__(self, maxlen: int = LOG_RING) -> None:
+    def __init__(self, maxlen: int | None = LOG_RING) -> None:
         self.lines: deque[LogLine] = deque(maxlen=maxlen)
         self.total = 0  # lines ever added (also those that fell out of the ring)
         self._partial: dict[str, str] = {}  # stream key → unfinished line

@@ -20,7 +20,7 @@ from typing import Any
 
 from mc import events as ev
 from mc import procs
-from mc.agent import Agent, replay
+from mc.agent import Agent, AgentLog, LogLine, replay
 from mc.agents import make_runner
 from mc.agents.base import Runner, RunnerContext, RunnerError
 from mc.config import AgentConfig, Config
@@ -323,6 +323,16 @@ class Fleet:
         if after in ids:
             return waiting[(ids.index(after) + 1) % len(waiting)]
         return waiting[0]
+
+    def full_log(self, agent_id: str) -> list[LogLine]:
+        """Every log line of an agent, rebuilt from its whole event log on disk (the ring in memory keeps only
+        the last ones). Blocking: call it in a thread."""
+        events, _ = self.store.read_events(agent_id)
+        agent = Agent(id=agent_id, log=AgentLog(maxlen=None))
+        for event in events:
+            agent.apply(event)
+        agent.log.flush()
+        return list(agent.log.lines)
 
     def diff(self, agent_id: str) -> Diff | None:
         return self.diffs.get(agent_id)

@@ -282,6 +282,24 @@ async def test_zoom_shows_log_and_live_diff(repo: Path, server: Any) -> None:
         assert isinstance(app.screen, FleetScreen)
 
 
+async def test_the_whole_log_is_reachable_from_disk(repo: Path, server: Any) -> None:
+    app = make_app(repo, server, [agent("chatty", policy="never")])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot, app)
+        chatty = app.fleet.agents["chatty"]
+        assert chatty.log.total > 7000 > len(chatty.log.lines)  # memory keeps only the ring
+        await pilot.press("enter")
+        zoom = app.screen
+        assert isinstance(zoom, ZoomScreen)
+        assert ("output", "1") not in zoom.log_view.lines
+        await pilot.press("home")
+        await until(pilot, lambda: len(zoom.log_view.lines) >= chatty.log.total, what="the whole log")
+        texts = [text for _, text in zoom.log_view.lines]
+        assert texts[texts.index("$ seq 1 7000") + 1 : texts.index("$ seq 1 7000") + 3] == ["1", "2"]
+        assert "7000" in texts and "Counted." in texts
+        assert zoom.log_view.scroll_y == 0 and not zoom.log_view.follow
+
+
 async def test_help_lists_remapped_keys_and_the_remap_works(repo: Path, server: Any) -> None:
     app = make_app(repo, server, [agent("runner")], keys={"approve": "y"})
     async with app.run_test(size=(120, 40)) as pilot:

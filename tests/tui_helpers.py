@@ -47,6 +47,13 @@ SCENARIO: dict[str, Any] = {
             ],
         },
         {
+            "name": "chatty",
+            "turns": [
+                {"say": "Counting.", "tool": "shell", "args": {"command": "seq 1 7000"}},
+                {"say": "Counted."},
+            ],
+        },
+        {
             "name": "broken",
             "faults": [{"kind": "500", "message": "the model is on fire"}],
             "turns": [],

@@ -501,6 +501,7 @@ HELP_TEXT = {
     "log_down": "scroll the selected agent's log down",
     "follow": "follow the log again (jump to its end)",
     "back": "zoom: back to the fleet",
+    "history": "zoom: load the whole log from disk (memory keeps the last 5,000 lines) and go to its top",
 }
 
 PALETTE = [

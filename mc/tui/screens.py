@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -250,6 +251,7 @@ class ZoomScreen(Screen):
 
     BINDINGS = [
         Binding("escape", "back", "Back", id="back"),
+        Binding("home", "history", "Whole log", id="history", priority=True, tooltip="load the whole log from disk"),
     ]
 
     def __init__(self, agent_id: str) -> None:
@@ -283,6 +285,22 @@ class ZoomScreen(Screen):
                     yield self.files
                 yield self.diff_view
         yield Footer(compact=True)
+
+    def action_history(self) -> None:
+        """Load every line of the agent's log from disk (beyond the lines kept in memory) and show its top."""
+        self.run_worker(self._load_history(), group="history", exclusive=True)
+
+    async def _load_history(self) -> None:
+        fleet = self.mc.fleet
+        if fleet is None:
+            return
+        lines = await asyncio.to_thread(fleet.full_log, self.agent_id)
+        view = self.log_view
+        view.max_lines = max(view.max_lines, len(lines) + 10_000)
+        view.follow = False
+        view.set_lines(lines)
+        view.scroll_home(animate=False, immediate=True)
+        self.notify(f"whole log: {len(lines):,} lines (end: follow again)", timeout=4)
 
     def on_mount(self) -> None:
         self.log_view.border_title = "log"
