@@ -116,11 +116,15 @@ def main() -> None:
             f"{args.agents * lines / total_s:.0f} lines/s in all)"
         )
         print(f"lines lost on disk: {lost} of {args.agents * lines} (duplicated: {extra})")
-        # How far back can the engineer scroll? Zoom into s00 and page up until the oldest line stops moving.
+        # How far back can the engineer scroll? Zoom into s00, load its whole log, page up until the oldest line
+        # stops moving.
         app.keys("1")
         app.wait_for(title(names[0]), 5)
         app.keys("Enter")
         app.wait_for(r"zoom: " + names[0], 5)
+        # `home` loads the whole log from disk (memory keeps the last 5,000 lines) and goes to its top
+        app.keys("Home")
+        time.sleep(1.5)
         oldest, still = None, 0
         while still < 3:
             app.tm("send-keys", "-N", "10", "PageUp")
