@@ -41,8 +41,10 @@ class FleetLocked(StoreError):
         self.pid = pid
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a file by temp file + rename, readable by its owner alone."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, *, durable: bool = False) -> None:
+    """Write a file by temp file + rename, readable by its owner alone. A reader (or a restart after a crash)
+    sees the old file or the new one, never half of one. `durable` adds an fsync (survives power loss, costs
+    milliseconds on a busy disk: state.toml does without it, since every agent is rebuilt from its log)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -50,7 +52,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
