@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import git as gitpython
+
 from mc.git.cmd import GitError, run_git, run_git_status
 
 MergeMode = Literal["ff", "merge", "squash"]
@@ -114,15 +116,20 @@ class Repo:
         hint = f"{p} is not a git repository: run `git init` there or point [repo] path at one"
         if not p.is_dir():
             raise GitError(hint)
+        # Opening is GitPython's job (it finds the top and the common git folder of a worktree too); it is
+        # closed at once, so none of its helper processes outlives this call. Every command after this is a
+        # plain git process (see mc.git.cmd).
         try:
-            out = run_git(["rev-parse", "--path-format=absolute", "--show-toplevel", "--git-common-dir"], p)
-        except GitError:
+            opened = gitpython.Repo(p, search_parent_directories=True)
+        except (gitpython.InvalidGitRepositoryError, gitpython.NoSuchPathError):
             raise GitError(hint) from None
-        lines = out.splitlines()
-        if len(lines) < 2:
-            raise GitError(hint)
-        self.root = Path(lines[0])
-        self.git_common_dir = Path(lines[1])
+        try:
+            if opened.working_tree_dir is None:
+                raise GitError(f"{p} is a bare repository: point [repo] path at a clone with a working tree")
+            self.root = Path(opened.working_tree_dir).resolve()
+            self.git_common_dir = Path(opened.common_dir).resolve()
+        finally:
+            opened.close()
         self._lock = _repo_lock(self.git_common_dir)
         self._identity: dict[str, str] | None = None
 
