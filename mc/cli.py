@@ -149,22 +149,22 @@ def _check_run(cfg: Config) -> None:
     """What `run` needs, checked before anything is created in the repository; CliError names the config file."""
     from mc.fleet import Fleet, FleetError
 
-    where = cfg.source or "config"
+    def at(message: str) -> str:
+        return f"{cfg.source}: {message}" if cfg.source else message  # no file: the defaults for the repository
+
     try:
         fleet = Fleet(cfg, readonly=True)
     except FleetError as exc:
-        raise CliError(f"{where}: {exc}") from None
+        raise CliError(at(str(exc))) from None
     try:
         missing = _missing_base(cfg, fleet.repo)
         if missing:
-            raise CliError(f"{where}: {missing}")
+            raise CliError(at(missing))
         problem = _worktree_folder_problem(fleet.worktree_dir)
     finally:
         fleet.repo.close()
     if problem:
-        raise CliError(
-            f"{where}: [repo] worktree_dir = {cfg.repo.worktree_dir!r}: {problem}: set it to a writable folder"
-        )
+        raise CliError(at(f"[repo] worktree_dir = {cfg.repo.worktree_dir!r}: {problem}: set it to a writable folder"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
