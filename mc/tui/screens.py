@@ -21,6 +21,14 @@ from mc.tui.format import LOG_STYLE, clean, diff_lines, header_text
 from mc.tui.lineview import LineView
 from mc.tui.widgets import AgentList, AgentPane, ApprovalBox, LogFeed, SummaryBar
 
+
+class NarrowFooter(Footer):
+    """The footer; below 120 columns it drops the command palette hint, which would cover the last keys."""
+
+    def on_resize(self) -> None:
+        self.show_command_palette = self.size.width >= 120
+
+
 if TYPE_CHECKING:
     from mc.fleet import Diff
     from mc.tui.app import MissionControl
@@ -103,7 +111,7 @@ class FleetScreen(Screen):
         yield self.topbar
         yield self.summary
         yield self.body
-        yield Footer(compact=True)
+        yield NarrowFooter(compact=True)
 
     def on_mount(self) -> None:
         self.topbar.show(self.mc)
@@ -284,7 +292,7 @@ class ZoomScreen(Screen):
                 with VerticalScroll(id="files-box"):
                     yield self.files
                 yield self.diff_view
-        yield Footer(compact=True)
+        yield NarrowFooter(compact=True)
 
     def action_history(self) -> None:
         """Load every line of the agent's log from disk (beyond the lines kept in memory) and show its top."""
