@@ -95,9 +95,13 @@ class Fleet:
                 raise FleetError(f"cannot create the state folder {self.state_dir}: {exc}") from None
             await asyncio.to_thread(self.repo.exclude, "/.mc/")
             procs.enable_subreaper()
-        try:
+
+        def load() -> None:  # git and disk: off the loop (a large fleet's logs take a while to read)
             self.base_branch = self.config.repo.base or (self.repo.current_branch() or "")
             self._restore()
+
+        try:
+            await asyncio.to_thread(load)
         except StoreError as exc:
             self.store.release()
             raise FleetError(str(exc)) from None
