@@ -579,8 +579,6 @@ class Fleet:
         mode = mode or self.config.repo.merge
         if mode not in ("ff", "merge", "squash"):
             raise FleetError(f"merge mode {mode!r}: use ff, merge or squash")
-        if not self.repo.branch_exists(agent.base_ref):
-            raise FleetError(f"{agent.name} started from {agent.base_ref!r}, which is not a branch: merge it by hand")
         title = agent.task.strip().splitlines()[0] if agent.task.strip() else agent.name
         msg = (
             message
@@ -589,6 +587,8 @@ class Fleet:
         worktree = Path(agent.worktree)
 
         def work() -> tuple[str | None, MergeResult]:
+            if not self.repo.branch_exists(agent.base_ref):
+                raise GitError(f"{agent.name} started from {agent.base_ref!r}, which is not a branch: merge it by hand")
             commit = self.repo.commit_all(worktree, msg) if worktree.is_dir() else None
             result = self.repo.merge(agent.branch, agent.base_ref, mode, msg)
             return commit, result

@@ -390,7 +390,7 @@ class BuiltinRunner(Runner):
         attempt = 0
         while True:
             try:
-                reply = await (self._responses() if self.api == "responses" else self._chat())
+                reply = await self._stream_once()
             except _Retryable as exc:
                 attempt += 1
                 if attempt > cfg.max_retries:
@@ -466,6 +466,15 @@ class BuiltinRunner(Runner):
                 if isinstance(value, dict):
                     yield value
 
+    async def _stream_once(self) -> _Reply:
+        """One model call; whatever goes wrong on the way is classified as retryable or final."""
+        try:
+            return await (self._responses() if self.api == "responses" else self._chat())
+        except (_Retryable, ModelFailed, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise self._classify(exc) from None
+
     async def _responses(self) -> _Reply:
         reply = _Reply()
         text = _DeltaBuffer(self.ctx)
@@ -502,10 +511,6 @@ class BuiltinRunner(Runner):
                 elif etype in ("response.failed", "error"):
                     err = (event.get("response") or {}).get("error") or event.get("message") or event
                     raise _Retryable(f"{self.ctx.config.model.base_url} reported: {err}")
-        except (_Retryable, ModelFailed, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            raise self._classify(exc) from None
         finally:
             text.flush()
         if not completed:
@@ -544,10 +549,6 @@ class BuiltinRunner(Runner):
                         slot["arguments"] += function.get("arguments") or ""
                     if choice.get("finish_reason"):
                         finished = True
-        except (_Retryable, ModelFailed, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            raise self._classify(exc) from None
         finally:
             text.flush()
         if not finished:
