@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import uuid
@@ -88,19 +89,44 @@ time.sleep(300)
 """
 
 
+async def wait_for_escapes(proc: procs.Proc, tag: str) -> list[int]:
+    """The tagged processes once the script said "ready" and its setsid grandchild has left the session.
+
+    Counting processes is not enough: a forked child is tagged before it calls setsid, and `sh -c "setsid …"`
+    is tagged before setsid runs. Wait for the condition the test needs itself."""
+    for _ in range(500):
+        pids = procs.find_tagged(tag)
+        outside = [p for p in pids if _sid(p) not in (None, proc.pid)]
+        if len(outside) >= 2 and len(pids) >= 4:  # the setsid sleep and the daemon, beside python and a sleep
+            return pids
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no process left the session: {[(p, _sid(p)) for p in procs.find_tagged(tag)]}")
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
 async def test_kill_leaves_no_tagged_process(tag: str, tmp_path: Path) -> None:
     proc = await procs.start([PY, "-c", ESCAPES], cwd=tmp_path, env=dict(os.environ), tag=tag)
     reader = asyncio.create_task(collect(proc))
-    before = await wait_until_tagged(tag, 4)  # python, 2 sleeps, the daemon
-    sids = {psutil.Process(p).pid: os.getsid(p) for p in before if psutil.pid_exists(p)}
-    assert any(sid != proc.pid for sid in sids.values()), "the test needs a process outside the session"
-    await asyncio.wait_for(proc.kill(grace=0.5), 30)
-    assert procs.find_tagged(tag) == []
-    assert tagged_by_psutil(tag) == []
-    assert all(gone_or_not_ours(p) for p in before)
-    assert proc.returncode is not None
-    assert await asyncio.wait_for(proc.wait(), 10) == proc.returncode
-    assert "ready" in await asyncio.wait_for(reader, 10)
+    try:
+        before = await wait_for_escapes(proc, tag)
+        await asyncio.wait_for(proc.kill(grace=0.5), 30)
+        assert procs.find_tagged(tag) == []
+        assert tagged_by_psutil(tag) == []
+        assert all(gone_or_not_ours(p) for p in before)
+        assert proc.returncode is not None
+        assert await asyncio.wait_for(proc.wait(), 10) == proc.returncode
+        assert "ready" in await asyncio.wait_for(reader, 10)
+    finally:  # a failed assertion still ends the tree and the reader before the event loop closes
+        await proc.kill(grace=0.1)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
 
 
 async def test_wait_returns_when_a_grandchild_holds_the_pipe(tag: str, tmp_path: Path) -> None:

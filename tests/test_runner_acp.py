@@ -136,18 +136,24 @@ async def test_interrupt_then_redirect_continues_the_session(repo: Path, scripte
 async def test_not_an_acp_agent_fails_that_agent_only(repo: Path, scripted: Any, fleet_factory: Any) -> None:
     server = scripted({"agents": [{"name": "helper", "turns": [{"say": "Nothing to do."}]}]})
     fleet = await fleet_factory(fleet_config(repo, server, model="helper"))
+    # one ends before initialize is written to it, one reads initialize and then ends: the same message
     await fleet.spawn(AgentConfig(name="dead", task="anything", runner="acp", command="sh -c 'echo boom >&2; exit 3'"))
+    late = "sh -c 'read line; echo boom >&2; exit 3'"
+    await fleet.spawn(AgentConfig(name="late", task="anything", runner="acp", command=late))
     await fleet.spawn(AgentConfig(name="missing", task="anything", runner="acp", command="no-such-acp-agent --acp"))
     await fleet.spawn(AgentConfig(name="fine", task="say something", runner="builtin"))
     await until(
         lambda: (
             fleet.get("dead").status == "failed"
+            and fleet.get("late").status == "failed"
             and fleet.get("missing").status == "failed"
             and fleet.get("fine").status == "idle"
         ),
         fleet,
     )
-    assert "boom" in fleet.get("dead").error and "initialize" in fleet.get("dead").error
+    expected = "sh: did not answer initialize (the agent process ended: boom): is 'sh' an ACP agent (check its flags)?"
+    assert fleet.get("dead").error == expected
+    assert fleet.get("late").error == expected
     assert "no-such-acp-agent" in fleet.get("missing").error
 
 

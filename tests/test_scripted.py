@@ -98,6 +98,20 @@ async def test_responses_stream_text_and_tool_call(serve) -> None:
     assert final.usage.total_tokens == final.usage.input_tokens + final.usage.output_tokens
 
 
+async def test_input_tokens_do_not_depend_on_the_length_of_a_path(serve) -> None:
+    # the built-in agent's prompt names its worktree: a temporary folder whose name grows run by run
+    server = await serve(TWO_STEP)
+    counts = []
+    async with client(server) as c:
+        for folder in ("/tmp/p-1/wt", "/tmp/pytest-of-root/pytest-123456/test_snapshot_fleet_view0/worktrees/wt"):
+            reply = await c.responses.create(
+                model="any", instructions=f"You work in a git worktree at {folder}.", input="Run the tests"
+            )
+            assert reply.usage is not None
+            counts.append(reply.usage.input_tokens)
+    assert counts[0] == counts[1] == 12  # "any" + 8 words of instructions + 3 of input
+
+
 async def test_responses_conversation_plays_turns_then_done(serve) -> None:
     server = await serve(TWO_STEP)
     async with client(server) as c:

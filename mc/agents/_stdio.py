@@ -30,6 +30,8 @@ LOCAL_BIN = Path(__file__).resolve().parents[2] / ".cache" / "npm" / "node_modul
 MAX_MESSAGE = 64 * 1024 * 1024
 #: Seconds to wait for an answer to a set-up request (initialize, thread/start, session/new).
 SETUP_TIMEOUT = 60.0
+#: Seconds to wait for the rest of stderr once stdout has closed.
+STDERR_DRAIN = 2.0
 #: Stderr lines that say nothing to a person (backtrace frames).
 _NOISE = re.compile(r"^(\d+: <unknown>|Stack backtrace:|at .+:\d+:\d+\)?)$")
 
@@ -105,12 +107,11 @@ class JsonRpcPeer:
             await self.proc.write(self._message(**fields))
             return await asyncio.wait_for(fut, timeout) if timeout else await fut
         except (BrokenPipeError, OSError):
+            # the process ended before it read the request: the same words as when it ends after reading it,
+            # so which of the two came first never changes the message
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.closed.wait(), 3)
-            tail = self.stderr_text()
-            raise RpcError(
-                f"cannot send {method}: the agent process has ended" + (f": {tail}" if tail else "")
-            ) from None
+            raise RpcError(self.ended_text()) from None
         except TimeoutError:
             raise RpcError(f"{method} got no answer within {timeout:g}s") from None
         finally:
@@ -176,11 +177,20 @@ class JsonRpcPeer:
             if buffer.strip():
                 self._dispatch(buffer)
         finally:
+            # stdout closed: let stderr drain (bounded: a grandchild may hold it open) so the message has the
+            # process's last words whichever pipe closed first
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._tasks[1]), STDERR_DRAIN)
             self.closed.set()
-            tail = self.stderr_text()
+            text = self.ended_text()
             for fut in self._pending.values():
                 if not fut.done():
-                    fut.set_exception(RpcError("the agent process ended" + (f": {tail}" if tail else "")))
+                    fut.set_exception(RpcError(text))
+
+    def ended_text(self) -> str:
+        """"the agent process ended: <its last stderr lines>"."""
+        tail = self.stderr_text()
+        return "the agent process ended" + (f": {tail}" if tail else "")
 
     async def _read_stderr(self) -> None:
         buffer = ""

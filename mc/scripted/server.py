@@ -46,6 +46,19 @@ def split_words(text: str) -> list[str]:
     return _PIECE.findall(text)
 
 
+def count_input_tokens(body: Any) -> int:
+    """The scripted model's input token count: one token per whitespace-separated word of every string in the
+    request. A word is one token however long it is, so a path in the prompt counts the same wherever the
+    repository lives (a count by bytes would change with the length of a temporary folder's name)."""
+    if isinstance(body, str):
+        return len(body.split())
+    if isinstance(body, dict):
+        return sum(count_input_tokens(value) for value in body.values())
+    if isinstance(body, list):
+        return sum(count_input_tokens(value) for value in body)
+    return 0
+
+
 @dataclass
 class RecordedRequest:
     """One request the server received, with the turn it chose and the fault it injected."""
@@ -320,7 +333,7 @@ class ScriptedServer:
         response_id = f"resp_{uuid.uuid4().hex[:16]}" if api == "responses" else f"chatcmpl-{uuid.uuid4().hex[:16]}"
         if api == "responses":
             self._remember(response_id, entries, reply)
-        usage_in = max(1, len(request.body) // 4)
+        usage_in = max(1, count_input_tokens(body))
         if stream:
             events = (
                 self._responses_events(response_id, reply, body, model, rate, usage_in)
