@@ -188,7 +188,7 @@ class JsonRpcPeer:
                     fut.set_exception(RpcError(text))
 
     def ended_text(self) -> str:
-        """"the agent process ended: <its last stderr lines>"."""
+        """ "the agent process ended: <its last stderr lines>"."""
         tail = self.stderr_text()
         return "the agent process ended" + (f": {tail}" if tail else "")
 
