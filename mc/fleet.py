@@ -72,6 +72,7 @@ class Fleet:
         self.watcher: WorktreeWatcher | None = None
         self._fleet_key = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
         self._preload: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- life cycle ------------------------------------------------------------------------------
     @property
@@ -210,6 +211,8 @@ class Fleet:
                     )
                 )
         self._runners.clear()
+        for task in list(self._background):
+            task.cancel()
         if self.watcher is not None:
             await self.watcher.stop()
         if self.diff_scheduler is not None:
@@ -237,6 +240,9 @@ class Fleet:
         if isinstance(event, ev.StatusChanged):
             self._save_state()
             self._update_settled()
+            if event.status not in ("starting", "running", "merged", "discarded"):
+                # a turn that ends (or waits, or stops) is diffed whatever the watcher saw: no change is missed
+                self.request_diff(event.agent)
 
     def _deliver(self, event: ev.Event) -> None:
         agent = self.agents.get(event.agent)
@@ -439,6 +445,7 @@ class Fleet:
         self.emit(ev.StatusChanged(agent=name, status="starting", previous=""))
         if self.watcher is not None:
             self.watcher.add(name, worktree)
+            self._watch_covered(name)
         try:
             await self._runners_loaded()
             runner = self._runner(name)
@@ -685,6 +692,19 @@ class Fleet:
             if a.status not in ("merged", "discarded") and a.worktree and Path(a.worktree).is_dir()
         ]
         await asyncio.gather(*(one(a) for a in live))
+
+    def _watch_covered(self, agent_id: str) -> None:
+        """Diff the agent once the watcher covers its new worktree: what was written before then is seen too."""
+        watcher = self.watcher
+
+        async def covered() -> None:
+            if watcher is not None:
+                await watcher.ready()
+            self.request_diff(agent_id)
+
+        task = asyncio.get_running_loop().create_task(covered(), name=f"diff {agent_id} once watched")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _on_worktree_change(self, agent_id: str, paths: Any = None) -> None:
         self.request_diff(agent_id)
