@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from openai import AsyncOpenAI
@@ -627,3 +628,143 @@ async def test_demo_refactor_edits_pass_the_sample_tests(serve, tmp_path: Path) 
     )
     assert result.returncode == 0, result.stderr
     assert "Ran 4 tests" in result.stderr
+
+
+# -- Anthropic Messages API (what Claude Code calls) -----------------------------------------------
+
+BASH_TOOL = {"name": "Bash", "description": "run a command", "input_schema": {"type": "object", "properties": {}}}
+
+
+def anthropic_body(model: str, messages: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"model": model, "max_tokens": 1024, "messages": messages, "tools": [BASH_TOOL], **extra}
+
+
+def sse_events(raw: str) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, data) per SSE event of a Messages stream."""
+    out = []
+    for block in raw.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+async def post_messages(server: ScriptedServer, body: dict[str, Any]) -> httpx2.Response:
+    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as c:
+        headers = {"x-api-key": "test-key", "anthropic-version": "2023-06-01"}
+        response = await c.post("/v1/messages?beta=true", json=body, headers=headers)
+        await response.aread()
+        return response
+
+
+CLAUDE_TURNS = {
+    "agents": [
+        {
+            "name": "cl",
+            "turns": [
+                {"say": "I will run it.", "tool": "Bash", "args": {"command": "echo greeted", "description": "greet"}},
+                {"when_tool_output_contains": "greeted", "say": "It printed {output_last_line}."},
+                {"say": "Not run: {output_last_line}"},
+            ],
+        }
+    ]
+}
+
+
+async def test_messages_stream_text_then_tool_use_with_usage(serve) -> None:
+    server = await serve(CLAUDE_TURNS)
+    response = await post_messages(server, anthropic_body("cl", [{"role": "user", "content": "greet"}], stream=True))
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    names = [name for name, _ in events]
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
+    assert names[-2:] == ["message_delta", "message_stop"]
+    blocks = [data["content_block"] for name, data in events if name == "content_block_start"]
+    assert [b["type"] for b in blocks] == ["text", "tool_use"]
+    assert blocks[1]["name"] == "Bash" and blocks[1]["id"].startswith("call_t0_")
+    text = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta" and d["index"] == 0)
+    args = "".join(d["delta"]["partial_json"] for n, d in events if n == "content_block_delta" and d["index"] == 1)
+    assert text == "I will run it."
+    assert json.loads(args) == {"command": "echo greeted", "description": "greet"}
+    assert len([n for n in names if n == "content_block_delta"]) > 2  # word by word, not in one piece
+    start = events[0][1]["message"]
+    delta = events[-2][1]
+    assert start["role"] == "assistant" and start["model"] == "cl" and start["usage"]["input_tokens"] > 0
+    assert delta["delta"]["stop_reason"] == "tool_use" and delta["usage"]["output_tokens"] > 0
+    assert server.requests[0].agent == "cl" and server.requests[0].turn == 0
+
+
+async def test_messages_tool_result_chooses_the_next_turn(serve) -> None:
+    server = await serve(CLAUDE_TURNS)
+    first = sse_events(
+        (await post_messages(server, anthropic_body("cl", [{"role": "user", "content": "go"}], stream=True))).text
+    )
+    call_id = next(d["content_block"]["id"] for n, d in first if n == "content_block_start" and d["index"] == 1)
+    said = {"type": "text", "text": "I will run it."}
+    call = {"type": "tool_use", "id": call_id, "name": "Bash", "input": {"command": "echo greeted"}}
+
+    def conversation(result: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {"role": "user", "content": [{"type": "text", "text": "go"}]},
+            {"role": "assistant", "content": [said, call]},
+            {"role": "user", "content": [result]},
+        ]
+
+    ran = {"type": "tool_result", "tool_use_id": call_id, "content": "greeted\n", "is_error": False}
+    response = await post_messages(server, anthropic_body("cl", conversation(ran)))
+    assert response.json()["content"] == [{"type": "text", "text": "It printed greeted."}]
+    assert response.json()["stop_reason"] == "end_turn"
+    refused = {
+        "type": "tool_result",
+        "tool_use_id": call_id,
+        "content": [{"type": "text", "text": "The engineer denied this call."}],
+        "is_error": True,
+    }
+    response = await post_messages(server, anthropic_body("cl", conversation(refused)))
+    assert response.json()["content"][0]["text"] == "Not run: The engineer denied this call."
+    assert server.requests[-1].tool_outputs() == ["The engineer denied this call."]
+    assert [r.turn for r in server.requests] == [0, 1, 2]
+
+
+async def test_messages_faults_in_anthropic_shapes(serve) -> None:
+    server = await serve(
+        {
+            "agents": [
+                {"name": "busy", "turns": [{"say": "x"}], "faults": [{"kind": "429", "retry_after": 2}]},
+                {"name": "down", "turns": [{"say": "x"}], "faults": [{"kind": "500", "status": 529}]},
+                {"name": "cut", "turns": [{"say": "one two three four five", "fault": {"kind": "cut", "after": 4}}]},
+                {"name": "bad", "turns": [{"say": "one two three", "fault": {"kind": "malformed", "after": 2}}]},
+            ]
+        }
+    )
+    hi = [{"role": "user", "content": "hi"}]
+    busy = await post_messages(server, anthropic_body("busy", hi, stream=True))
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "2"
+    assert busy.json()["type"] == "error" and busy.json()["error"]["type"] == "rate_limit_error"
+    down = await post_messages(server, anthropic_body("down", hi, stream=True))
+    assert down.status_code == 529 and down.json()["error"]["type"] == "overloaded_error"
+    with pytest.raises(httpx2.RemoteProtocolError):
+        await post_messages(server, anthropic_body("cut", hi, stream=True))
+    bad = await post_messages(server, anthropic_body("bad", hi, stream=True))
+    with pytest.raises(json.JSONDecodeError):
+        sse_events(bad.text)
+    assert [r.fault for r in server.requests] == ["429", "500", "cut", "malformed"]
+
+
+async def test_messages_unknown_model_side_job_gets_text_and_agent_loop_gets_404(serve) -> None:
+    server = await serve(CLAUDE_TURNS)
+    side = await post_messages(
+        server, {"model": "claude-haiku", "max_tokens": 50, "messages": [{"role": "user", "content": "title?"}]}
+    )
+    assert side.status_code == 200 and side.json()["content"] == [{"type": "text", "text": "Done."}]
+    wrong = await post_messages(server, anthropic_body("claude-opus", [{"role": "user", "content": "hi"}]))
+    assert wrong.status_code == 404
+    assert wrong.json()["error"]["type"] == "not_found_error" and "use one of cl" in wrong.json()["error"]["message"]
+    assert [(r.model, r.agent) for r in server.requests] == [("claude-haiku", ""), ("claude-opus", "")]
+
+
+async def test_messages_count_tokens(serve) -> None:
+    server = await serve(CLAUDE_TURNS)
+    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as c:
+        body = {"model": "cl", "messages": [{"role": "user", "content": "three small words"}]}
+        response = await c.post("/v1/messages/count_tokens", json=body)
+    assert response.status_code == 200 and response.json() == {"input_tokens": 3}

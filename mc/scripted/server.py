@@ -1,7 +1,7 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 that plays scripted scenarios.
 
 Endpoints: ``POST /v1/responses`` and ``POST /v1/chat/completions`` (streaming SSE and plain JSON, text and
-function tool calls, usage) and ``GET /v1/models``. One server serves a whole fleet: the request's ``model``
+function tool calls, usage), Anthropic's ``POST /v1/messages`` (mc/scripted/anthropic.py) and ``GET /v1/models``. One server serves a whole fleet: the request's ``model``
 picks the scripted agent. Every request body is kept in ``server.requests`` so tests can check what the
 model saw.
 """
@@ -248,12 +248,16 @@ class ScriptedServer:
                 await send_json(writer, 405, _error_body(f"use POST for {request.path}", "invalid_request_error"))
                 return True
             return await self._complete(request, writer, "responses" if path == "/responses" else "chat")
+        if request.method == "POST" and path in ("/messages", "/messages/count_tokens"):
+            from mc.scripted.anthropic import complete_messages  # the Anthropic Messages API (Claude Code)
+
+            return await complete_messages(self, request, writer)
         await send_json(
             writer,
             404,
             _error_body(
                 f"no such endpoint {request.method} {request.path}: this server offers POST /v1/responses, "
-                "POST /v1/chat/completions and GET /v1/models",
+                "POST /v1/chat/completions, POST /v1/messages and GET /v1/models",
                 "invalid_request_error",
             ),
         )
