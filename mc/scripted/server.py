@@ -1,9 +1,9 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 that plays scripted scenarios.
 
 Endpoints: ``POST /v1/responses`` and ``POST /v1/chat/completions`` (streaming SSE and plain JSON, text and
-function tool calls, usage), Anthropic's ``POST /v1/messages`` (mc/scripted/anthropic.py) and ``GET /v1/models``. One server serves a whole fleet: the request's ``model``
-picks the scripted agent. Every request body is kept in ``server.requests`` so tests can check what the
-model saw.
+function tool calls, usage), Anthropic's ``POST /v1/messages`` (mc/scripted/anthropic.py) and
+``GET /v1/models``. One server serves a whole fleet: the request's ``model`` picks the scripted agent. Every
+request body is kept in ``server.requests`` so tests can check what the model saw.
 """
 
 from __future__ import annotations
