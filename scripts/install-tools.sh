@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the tools the tests use beside Python packages:
 # - bubblewrap (Debian package, when we are root and it is missing), for the sandbox tests;
-# - the pinned agent CLIs of the codex and acp runners, into the project-local folder .cache/npm
+# - the pinned agent CLIs of the codex, acp and claude runners, into the project-local folder .cache/npm
 #   (git-ignored). The runners find them there when they are not on PATH.
 # Usage: scripts/install-tools.sh   (needs node and npm; does nothing when everything is there)
 set -euo pipefail
@@ -13,10 +13,11 @@ if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [
 fi
 CODEX_VERSION=0.171.0          # @openai/codex: `codex app-server`
 CODEX_ACP_VERSION=0.16.0       # @zed-industries/codex-acp: the ACP agent the acp runner is tested with
+CLAUDE_VERSION=2.1.332         # @anthropic-ai/claude-code: `claude -p` in stream-json mode, the claude runner
 PREFIX=.cache/npm
 BIN="$PREFIX/node_modules/.bin"
 if ! command -v npm >/dev/null 2>&1; then
-  echo "install-tools: npm not found: install Node.js 18+ (apt-get install nodejs npm) to use the codex and acp runners" >&2
+  echo "install-tools: npm not found: install Node.js 18+ (apt-get install nodejs npm) to use the codex, acp and claude runners" >&2
   exit 0
 fi
 installed() {  # installed PACKAGE VERSION
@@ -25,12 +26,15 @@ installed() {  # installed PACKAGE VERSION
       "$PWD/$PREFIX/node_modules/$1/package.json" "$2"
 }
 if installed @openai/codex "$CODEX_VERSION" && installed @zed-industries/codex-acp "$CODEX_ACP_VERSION" &&
-  [ -x "$BIN/codex" ] && [ -x "$BIN/codex-acp" ]; then
-  echo "install-tools: codex $CODEX_VERSION and codex-acp $CODEX_ACP_VERSION are in $PREFIX"
+  installed @anthropic-ai/claude-code "$CLAUDE_VERSION" &&
+  [ -x "$BIN/codex" ] && [ -x "$BIN/codex-acp" ] && [ -x "$BIN/claude" ]; then
+  echo "install-tools: codex $CODEX_VERSION, codex-acp $CODEX_ACP_VERSION and claude $CLAUDE_VERSION are in $PREFIX"
   exit 0
 fi
 mkdir -p "$PREFIX"
 npm install --prefix "$PREFIX" --no-audit --no-fund --loglevel=error \
-  "@openai/codex@$CODEX_VERSION" "@zed-industries/codex-acp@$CODEX_ACP_VERSION"
+  "@openai/codex@$CODEX_VERSION" "@zed-industries/codex-acp@$CODEX_ACP_VERSION" \
+  "@anthropic-ai/claude-code@$CLAUDE_VERSION"
 "$BIN/codex" --version
-echo "install-tools: codex $CODEX_VERSION and codex-acp $CODEX_ACP_VERSION installed in $PREFIX"
+DISABLE_AUTOUPDATER=1 "$BIN/claude" --version
+echo "install-tools: codex $CODEX_VERSION, codex-acp $CODEX_ACP_VERSION and claude $CLAUDE_VERSION installed in $PREFIX"
