@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import re
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -73,6 +74,7 @@ class Fleet:
         self._fleet_key = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
         self._preload: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._sigchld: tuple[asyncio.AbstractEventLoop, list[asyncio.TimerHandle]] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
     @property
@@ -95,7 +97,8 @@ class Fleet:
             except OSError as exc:
                 raise FleetError(f"cannot create the state folder {self.state_dir}: {exc}") from None
             await asyncio.to_thread(self.repo.exclude, "/.mc/")
-            procs.enable_subreaper()
+            if procs.enable_subreaper():
+                self._reap_on_sigchld()
 
         def load() -> None:  # git and disk: off the loop (a large fleet's logs take a while to read)
             self.base_branch = self.config.repo.base or (self.repo.current_branch() or "")
@@ -213,6 +216,15 @@ class Fleet:
         self._runners.clear()
         for task in list(self._background):
             task.cancel()
+        if self._sigchld is not None:
+            loop, pending = self._sigchld
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signal.SIGCHLD)
+            for handle in pending:
+                handle.cancel()
+            self._sigchld = None
+        if not self.readonly:  # nothing the subreaper adopted outlives the fleet
+            await asyncio.to_thread(procs.end_adopted)
         if self.watcher is not None:
             await self.watcher.stop()
         if self.diff_scheduler is not None:
@@ -243,6 +255,8 @@ class Fleet:
             if event.status not in ("starting", "running", "merged", "discarded"):
                 # a turn that ends (or waits, or stops) is diffed whatever the watcher saw: no change is missed
                 self.request_diff(event.agent)
+                if event.status != "waiting":
+                    self._after_turn(event.agent)
 
     def _deliver(self, event: ev.Event) -> None:
         agent = self.agents.get(event.agent)
@@ -538,7 +552,7 @@ class Fleet:
             raise FleetError(f"{agent.name} is {agent.status}, not running: nothing to interrupt")
         self._cancel_pending(agent, "the engineer interrupted the turn")
         await self._runner(agent.id).interrupt()
-        await asyncio.to_thread(procs.kill_tagged, self._tag(agent.id))
+        await asyncio.to_thread(self._end_processes, agent)
         if agent.status != "interrupted":
             self.emit(ev.StatusChanged(agent=agent.id, status="interrupted", previous=agent.status))
 
@@ -563,7 +577,7 @@ class Fleet:
         runner = self._runners.pop(agent.id, None)
         if runner is not None:
             await runner.kill()
-        await asyncio.to_thread(procs.kill_tagged, self._tag(agent.id))
+        await asyncio.to_thread(self._end_processes, agent)
         if agent.status != "killed":
             self._cancel_pending(agent, "the agent was killed")
             self.emit(
@@ -630,7 +644,7 @@ class Fleet:
         if agent.id in self._runners:
             runner = self._runners.pop(agent.id)
             await runner.kill()
-        await asyncio.to_thread(procs.kill_tagged, self._tag(agent.id))
+        await asyncio.to_thread(self._end_processes, agent)
         ref = f"refs/mc/snapshots/{agent.id}-{time.strftime('%Y%m%d-%H%M%S')}"
         worktree = Path(agent.worktree)
 
@@ -692,6 +706,46 @@ class Fleet:
             if a.status not in ("merged", "discarded") and a.worktree and Path(a.worktree).is_dir()
         ]
         await asyncio.gather(*(one(a) for a in live))
+
+    def _end_processes(self, agent: Agent) -> None:
+        """End every process of the agent (blocking: run it in a thread): those carrying its tag, and those the
+        subreaper adopted from its commands (shed tag, own session) that still work in its worktree."""
+        procs.kill_tagged(self._tag(agent.id))
+        if agent.worktree:
+            procs.end_adopted(within=agent.worktree)
+
+    def _reap_on_sigchld(self) -> None:
+        """Reap the orphans the subreaper adopted as they exit (coalesced: one /proc scan per half second at
+        most), so no zombie piles up under a fleet that runs for days. Main thread only (signal handlers)."""
+        loop = asyncio.get_running_loop()
+        pending: list[asyncio.TimerHandle] = []
+
+        def reap() -> None:
+            pending.clear()
+            task = loop.create_task(asyncio.to_thread(procs.reap_adopted), name="reap adopted orphans")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        def on_sigchld() -> None:
+            if not pending:
+                pending.append(loop.call_later(0.5, reap))
+
+        try:
+            loop.add_signal_handler(signal.SIGCHLD, on_sigchld)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread: reaped at turn ends
+            return
+        self._sigchld = (loop, pending)
+
+    def _after_turn(self, agent_id: str) -> None:
+        """A turn ended: what the agent's commands left behind in its worktree goes, as with its tagged ones."""
+        agent = self.agents.get(agent_id)
+        if agent is None or not agent.worktree or not procs.subreaper_enabled():
+            return
+        task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(procs.end_adopted, agent.worktree), name=f"end what {agent_id} left running"
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _watch_covered(self, agent_id: str) -> None:
         """Diff the agent once the watcher covers its new worktree: what was written before then is seen too."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
+import contextlib
 import ctypes
 import fcntl
 import os
@@ -30,6 +31,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -51,6 +53,9 @@ _subreaper_on = False
 
 #: Live leaders by pid, so that reaping a tagged pid that is a leader goes through its Popen.
 _LEADERS: weakref.WeakValueDictionary[int, Proc] = weakref.WeakValueDictionary()
+#: Pids started but not yet wrapped in a Proc, and the lock that makes "started" and "adopted" exclusive.
+_STARTING: set[int] = set()
+_SPAWN_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------- subreaper
@@ -260,6 +265,74 @@ def _kill_tree(tree: _Tree, sig: int, leader_alive: bool = True) -> set[int]:
         _reap(signalled | dead)
         _reap(tree.scan(leader_alive=False)[1], timeout=0.2)
     return signalled
+
+
+def _adoptees(me: int, my_session: int) -> tuple[list[int], list[int]]:
+    """(live, zombie) children of ours that we did not start: orphans the subreaper adopted.
+
+    Everything mission control starts itself is either a Proc leader (its own session, in _LEADERS) or a
+    plain subprocess such as git (our own session). A child of ours in another session that no Proc leads
+    was started by something an agent ran and reparented to us when its parent exited: `setsid`, or
+    `env -u MC_PROC_TAG` / `env -i` to shed the tag, does not take it out of this list."""
+    live: list[int] = []
+    dead: list[int] = []
+    for pid in _pids():
+        if pid == me or pid in _LEADERS or pid in _STARTING:
+            continue
+        st = _stat(pid)
+        if st is None:
+            continue
+        state, ppid, _pgrp, session = st
+        if ppid != me or session == my_session:
+            continue
+        (dead if state in ("Z", "X") else live).append(pid)
+    return live, dead
+
+
+def _cwd(pid: int) -> str:
+    try:
+        where = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+    return where.removesuffix(" (deleted)")
+
+
+def _inside(path: str, root: str) -> bool:
+    return bool(path) and (path == root or path.startswith(root.rstrip(os.sep) + os.sep))
+
+
+def adopted(within: str | os.PathLike[str] | None = None) -> list[int]:
+    """Live processes reparented to us that we did not start (see _adoptees); with `within`, only those whose
+    working folder is inside that folder (an agent's worktree: they are that agent's)."""
+    with _SPAWN_LOCK:
+        live, _dead = _adoptees(os.getpid(), os.getsid(0))
+    if within is None:
+        return sorted(live)
+    root = os.path.realpath(within)
+    return sorted(pid for pid in live if _inside(_cwd(pid), root))
+
+
+def end_adopted(within: str | os.PathLike[str] | None = None) -> int:
+    """Kill every adopted process tree (those inside `within` only, when given) and reap every adopted zombie.
+    What the subreaper inherits belongs to the fleet: nothing it adopted outlives the agent or the fleet.
+    Returns how many processes were signalled."""
+    signalled: set[int] = set()
+    for pid in adopted(within):
+        signalled |= _kill_tree(_Tree(None, pid), signal.SIGKILL)
+    reap_adopted()
+    return len(signalled)
+
+
+def reap_adopted() -> int:
+    """Reap the zombies of adopted orphans that exited (each by its own pid). Returns how many."""
+    with _SPAWN_LOCK:
+        _live, dead = _adoptees(os.getpid(), os.getsid(0))
+    reaped = 0
+    for pid in dead:
+        with contextlib.suppress(ChildProcessError):
+            done, _status = os.waitpid(pid, os.WNOHANG)
+            reaped += done == pid
+    return reaped
 
 
 def kill_tagged(tag: str, sig: int = signal.SIGKILL) -> int:
@@ -514,6 +587,7 @@ class Proc:
         self._pidfd: int | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         _LEADERS[self.pid] = self
+        _STARTING.discard(self.pid)
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except (AttributeError, OSError):
@@ -734,7 +808,11 @@ async def start(
                 os.set_blocking(in_fd, False)
                 std["stdin"] = in_r
         try:
-            popen = subprocess.Popen(args, cwd=str(cwd), env=full_env, start_new_session=True, close_fds=True, **std)
+            with _SPAWN_LOCK:
+                popen = subprocess.Popen(
+                    args, cwd=str(cwd), env=full_env, start_new_session=True, close_fds=True, **std
+                )
+                _STARTING.add(popen.pid)
         except OSError as exc:
             for fd in (out_fd, err_fd, in_fd):
                 if fd is not None:
