@@ -77,7 +77,7 @@ def _event_json(event: Any) -> str:
     return json.dumps(event.to_dict(), ensure_ascii=False, default=str)
 
 
-async def _run_headless(cfg: Config, out: Any = None) -> int:
+async def _run_headless(cfg: Config, out: Any = None, *, spawn: bool = True) -> int:
     from mc import events as ev
     from mc.fleet import Fleet
 
@@ -97,7 +97,8 @@ async def _run_headless(cfg: Config, out: Any = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await fleet.spawn_configured()
+        if spawn:
+            await fleet.spawn_configured()
         waiter = asyncio.create_task(fleet.wait_settled())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -184,16 +185,26 @@ def _tui(cfg: Config, **kwargs: Any) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mc.demo import start_demo
+    from mc.demo import DemoError, start_demo
 
-    demo = start_demo(Path(args.dir) if args.dir else None)
+    try:
+        demo = start_demo(Path(args.dir) if args.dir else None)
+    except DemoError as exc:
+        raise CliError(str(exc)) from None
+    keep = bool(args.keep or args.dir or demo.reopened)
+    again = f"`missionctl demo --dir {demo.folder}` (or `missionctl` in {demo.repo}) opens it again"
+    if demo.reopened:
+        print(f"demo repository: {demo.repo}: the demo fleet there comes back as it was left", file=sys.stderr)
+    elif args.headless:
+        print(f"demo repository: {demo.repo}", file=sys.stderr)
     try:
         if args.headless:
-            print(f"demo repository: {demo.repo}", file=sys.stderr)
-            return asyncio.run(_run_headless(demo.config))
-        return _tui(demo.config, spawn_configured=True, demo=demo)
+            return asyncio.run(_run_headless(demo.config, spawn=not demo.reopened))
+        return _tui(demo.config, spawn_configured=not demo.reopened, demo=demo)
     finally:
-        demo.stop(remove=not (args.keep or args.dir))
+        demo.stop(remove=not keep)
+        if keep:
+            print(f"the demo is kept in {demo.folder}: {again}", file=sys.stderr)
 
 
 async def _ls(cfg: Config) -> list[dict[str, Any]]:

@@ -1,17 +1,29 @@
-"""The demo fleet: a throwaway copy of a small sample project, the scripted model server started in
-this process, and five agents whose scenarios show every state. No API key, no network."""
+"""The demo fleet: a copy of a small sample project, the scripted model server started in this process, and
+five agents whose scenarios show every state. No API key, no network.
+
+A fleet the demo started says so in its state (`[demo] scenario = "demo"`). Whoever opens it again — `missionctl`
+in its repository, or `missionctl demo --dir` on its folder — gets the scripted server started again on a fresh
+port and the agents pointed at it (`serve_demo`, called by the Fleet when it opens), so it comes back as it left.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mc.config import AgentConfig, Config
+from mc.store import STATE_FOLDER, Store, StoreError, demo_scenario
+
+#: The bundled scenario the demo plays (mc/scripted/scenarios/demo.toml); recorded by name in the state.
+DEMO_SCENARIO = "demo"
+#: The sample repository's folder inside the demo folder.
+REPO_NAME = "textkit"
 
 SAMPLE_FILES = {
     "README.md": "# textkit\n\nSmall text helpers used by the demo of missionctl.\n\nRun the tests with "
@@ -74,62 +86,121 @@ DEMO_AGENTS = [
 ]
 
 
-def make_sample_repo(folder: Path) -> Path:
-    """Create the sample project as a git repository with one commit on `main`."""
-    repo = folder / "textkit"
-    for rel, text in SAMPLE_FILES.items():
-        path = repo / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    env_args = ["-c", "user.name=missionctl demo", "-c", "user.email=demo@localhost"]
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
-    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
-    subprocess.run(["git", "-C", str(repo), *env_args, "commit", "-q", "-m", "textkit: first version"], check=True)
+class DemoError(Exception):
+    """A demo that cannot start or come back, as one line naming the problem and the fix."""
+
+
+def make_sample_repo(folder: Path, scenario: str | None = None) -> Path:
+    """Create the sample project as a git repository with one commit on `main`, at `folder/textkit`; with
+    `scenario`, its state says that it is a demo fleet playing that scenario.
+
+    It is built beside its place and renamed into it, so a demo killed halfway leaves no half repository."""
+    repo = folder / REPO_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{REPO_NAME}."))
+    try:
+        for rel, text in SAMPLE_FILES.items():
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        env_args = ["-c", "user.name=missionctl demo", "-c", "user.email=demo@localhost"]
+        git = ["git", "-C", str(tmp)]
+        subprocess.run(["git", "init", "-q", "-b", "main", str(tmp)], check=True)
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, *env_args, "commit", "-q", "-m", "textkit: first version"], check=True)
+        if scenario:
+            Store(tmp / STATE_FOLDER).record_demo(scenario)
+        os.rename(tmp, repo)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return repo
 
 
-def demo_scenario_path() -> Path:
-    return Path(str(resources.files("mc.scripted") / "scenarios" / "demo.toml"))
+def demo_scenario_path(scenario: str = DEMO_SCENARIO) -> Path:
+    """The bundled scenario file of that name (DemoError for a name that is not bundled)."""
+    from mc.scripted.scenario import SCENARIO_DIR
+
+    path = SCENARIO_DIR / f"{scenario}.toml"
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", scenario) or not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.toml")))
+        raise DemoError(
+            f"this demo fleet plays the scenario {scenario!r}, which this missionctl does not have (it has: {known}): "
+            "start a new demo with `missionctl demo`"
+        )
+    return path
+
+
+def _demo_settings(cfg: Config, repo: Path) -> None:
+    """What a demo fleet's config holds besides its endpoint."""
+    cfg.repo.path = str(repo)
+    cfg.repo.worktree_dir = str(repo.parent / "worktrees")
+    cfg.model.model = "demo"
+    cfg.policy.allow_commands = ["python -m unittest", "ls", "cat", "seq"]
+    cfg.agents = [AgentConfig(**vars(a)) for a in DEMO_AGENTS]
+
+
+def serve_demo(cfg: Config, scenario: str, repo: Path) -> Any:
+    """Start the scripted server of a demo fleet in a thread, on a fresh port, and point `cfg` at it (in place:
+    whoever holds the config sees the change). Without a config file of the user's, the rest of the demo's
+    settings come back too (worktree folder, allowed commands, agents). Returns the server; stop() ends it."""
+    from mc.scripted import serve_in_thread
+
+    path = demo_scenario_path(scenario)
+    if not cfg.source:
+        _demo_settings(cfg, repo)
+    server = serve_in_thread(path)
+    cfg.model.base_url = server.base_url
+    cfg.model.api_key_env = ""
+    cfg.model.api = "responses"
+    cfg.model.max_retries = 2
+    cfg.model.retry_backoff = 0.5
+    cfg.model.timeout = 20.0
+    return server
+
+
+def is_demo_repo(repo: Path) -> bool:
+    """True when `repo` holds a fleet that `missionctl demo` started."""
+    try:
+        return demo_scenario(Store(repo / STATE_FOLDER).load_state()) is not None
+    except StoreError:
+        return False
 
 
 @dataclass
 class Demo:
-    """A running demo: its folder, its repository, its model server and its config."""
+    """A demo: its folder, its repository and its fleet's config (the Fleet starts the model server when it
+    opens). `reopened` when the folder held this demo already: its fleet comes back, nothing is spawned."""
 
     folder: Path
     repo: Path
     config: Config
-    server: Any = None
+    reopened: bool = False
     agents: list[AgentConfig] = field(default_factory=list)
 
     def stop(self, remove: bool = True) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
+        """Remove the demo's folder when `remove` (a throwaway demo); otherwise leave everything."""
         if remove:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def start_demo(folder: Path | None = None, *, token_rate: float | None = None) -> Demo:
-    """Make the sample repository, start the scripted server in a thread, and build the fleet's config."""
-    from mc.scripted import serve_in_thread
-
-    base = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="missionctl-demo-"))
-    base.mkdir(parents=True, exist_ok=True)
-    repo = make_sample_repo(base)
-    kwargs: dict[str, Any] = {}
-    if token_rate is not None:
-        kwargs["tokens_per_second"] = token_rate
-    server = serve_in_thread(demo_scenario_path(), **kwargs)
+def start_demo(folder: Path | None = None) -> Demo:
+    """The demo in `folder` (a new temporary one by default): made there, or opened again when the folder holds
+    it already. A folder whose `textkit` is anything else is refused with DemoError; nothing in it is touched."""
+    base = Path(folder).expanduser().absolute() if folder else Path(tempfile.mkdtemp(prefix="missionctl-demo-"))
+    repo = base / REPO_NAME
+    reopened = False
+    if repo.exists() or repo.is_symlink():
+        if not (repo.is_dir() and is_demo_repo(repo)):
+            raise DemoError(
+                f"{repo} exists and is not a missionctl demo: pass --dir a new folder (or the folder of an "
+                "earlier demo); nothing was changed"
+            )
+        reopened = True
+    elif base.is_file():
+        raise DemoError(f"--dir {base}: it is a file: pass a folder (a new one is made)")
+    else:
+        make_sample_repo(base, DEMO_SCENARIO)
     cfg = Config()
-    cfg.repo.path = str(repo)
-    cfg.repo.worktree_dir = str(base / "worktrees")
-    cfg.model.base_url = server.base_url
-    cfg.model.api_key_env = ""
-    cfg.model.model = "demo"
-    cfg.model.max_retries = 2
-    cfg.model.retry_backoff = 0.5
-    cfg.model.timeout = 20.0
-    cfg.policy.allow_commands = ["python -m unittest", "ls", "cat", "seq"]
-    cfg.agents = [AgentConfig(**vars(a)) for a in DEMO_AGENTS]
-    return Demo(folder=base, repo=repo, config=cfg, server=server, agents=cfg.agents)
+    _demo_settings(cfg, repo)
+    return Demo(folder=base, repo=repo, config=cfg, reopened=reopened, agents=cfg.agents)

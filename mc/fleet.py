@@ -27,7 +27,7 @@ from mc.agents.base import Runner, RunnerContext, RunnerError
 from mc.config import AgentConfig, Config
 from mc.git import Diff as Diff
 from mc.git import DiffScheduler, GitError, MergeResult, Repo
-from mc.store import FleetLocked, Store, StoreError
+from mc.store import FleetLocked, Store, StoreError, demo_scenario
 from mc.watch import WorktreeWatcher
 
 __all__ = ["Diff", "Fleet", "FleetError", "FleetLocked", "MergeResult"]
@@ -73,6 +73,9 @@ class Fleet:
         self.watcher: WorktreeWatcher | None = None
         self._fleet_key = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
         self._preload: asyncio.Task[None] | None = None
+        self.demo_scenario: str | None = None
+        """The scenario of a fleet `missionctl demo` started (from its state); None for any other fleet."""
+        self._demo_server: Any = None
         self._background: set[asyncio.Task[None]] = set()
         self._sigchld: tuple[asyncio.AbstractEventLoop, list[asyncio.TimerHandle]] | None = None
 
@@ -109,6 +112,8 @@ class Fleet:
         except StoreError as exc:
             self.store.release()
             raise FleetError(str(exc)) from None
+        if self.demo_scenario and not self.readonly:
+            await self._serve_demo(self.demo_scenario)
         # The watcher already debounces each worktree; a second debounce here would only add latency.
         self.diff_scheduler = DiffScheduler(on_diff=self._on_diff, on_error=self._on_diff_error, delay=0.0)
         self.watcher = WorktreeWatcher(on_change=self._on_worktree_change)
@@ -140,6 +145,17 @@ class Fleet:
 
         await asyncio.to_thread(load)
 
+    async def _serve_demo(self, scenario: str) -> None:
+        """A fleet the demo started plays its scenario again: the scripted server starts on a fresh port and the
+        config (so every runner made from now on) points at it. Before any runner exists."""
+        from mc.demo import DemoError, serve_demo
+
+        try:
+            self._demo_server = await asyncio.to_thread(serve_demo, self.config, scenario, self.root)
+        except (DemoError, OSError, RuntimeError) as exc:
+            self.store.release()
+            raise FleetError(f"the demo's model server cannot start: {exc}") from None
+
     async def _runners_loaded(self) -> None:
         """Wait (without blocking the loop) until the background import of the runners is done."""
         if self._preload is not None:
@@ -148,6 +164,7 @@ class Fleet:
 
     def _restore(self) -> None:
         state = self.store.load_state()
+        self.demo_scenario = demo_scenario(state)
         ids = list(state.get("agents", {}))
         ids += [i for i in self.store.agent_ids_on_disk() if i not in ids]
         for agent_id in ids:
@@ -231,6 +248,9 @@ class Fleet:
             await self.diff_scheduler.close()
         if not self.readonly and self._opened:
             self._save_state()
+        if self._demo_server is not None:
+            await asyncio.to_thread(self._demo_server.stop)
+            self._demo_server = None
         self.store.close()
         self.repo.close()
         self._opened = False
@@ -805,4 +825,5 @@ class Fleet:
                 "created": agent.created,
                 "command": spec.command if spec else "",
             }
-        self.store.save_state({"version": 1, "repo": str(self.root), "agents": agents})
+        demo = {"scenario": self.demo_scenario} if self.demo_scenario else None
+        self.store.save_state({"version": 1, "repo": str(self.root), "demo": demo, "agents": agents})

@@ -3,7 +3,7 @@
 
 Layout under the state folder (the repository's `.mc/`)::
 
-    state.toml            agents and their metadata
+    state.toml            agents and their metadata; [demo] for a fleet `missionctl demo` started
     owner.lock            flock held by the owning process; holds its pid
     agents/<id>/events.jsonl
 """
@@ -23,6 +23,18 @@ from typing import Any
 import tomli_w
 
 from mc.events import Event, event_from_dict
+
+#: The folder at the top of a repository that holds the state of its fleet.
+STATE_FOLDER = ".mc"
+
+
+def demo_scenario(state: dict[str, Any]) -> str | None:
+    """The bundled scenario a fleet started by `missionctl demo` plays (the `[demo]` table of its state), or
+    None for any other fleet. The state names the scenario, never the server's address: that is new on every
+    open."""
+    table = state.get("demo")
+    scenario = table.get("scenario") if isinstance(table, dict) else None
+    return scenario if isinstance(scenario, str) and scenario else None
 
 
 class StoreError(Exception):
@@ -145,6 +157,14 @@ class Store:
 
     def save_state(self, state: dict[str, Any]) -> None:
         atomic_write(self.state_path, tomli_w.dumps(_clean_toml(state)).encode())
+
+    def record_demo(self, scenario: str) -> None:
+        """Mark the fleet as one `missionctl demo` started, playing the bundled `scenario`."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state = self.load_state()
+        state.setdefault("version", 1)
+        state["demo"] = {"scenario": scenario}
+        self.save_state(state)
 
     # -- event logs ------------------------------------------------------------------------------
     def events_path(self, agent_id: str) -> Path:
