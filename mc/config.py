@@ -10,6 +10,7 @@ import dataclasses
 import os
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,11 @@ class ModelConfig:
     """Retries of a call that failed with 429, 5xx or a dropped stream, with backoff."""
     retry_backoff: float = 1.0
     """Seconds before the first retry (doubling each time) when the endpoint gives no Retry-After."""
+    max_retry_wait: float = 300.0
+    """The longest wait before a retry, in seconds, whatever Retry-After the endpoint asks for."""
+    call_timeout: float = 600.0
+    """Seconds one model call may take from request to the end of its answer, however steadily bytes arrive;
+    past it the call is retried (or the agent fails) like any other fault."""
 
 
 @dataclass
@@ -139,6 +145,81 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("agents", "runner"): RUNNERS,
     ("agents", "policy"): ("", *APPROVE_POLICIES),
 }
+#: (table, key) → (lowest, highest, whether the lowest itself is allowed, unit) of a number.
+_RANGES: dict[tuple[str, str], tuple[float, float, bool, str]] = {
+    ("model", "timeout"): (0, 86400, False, "seconds"),
+    ("model", "max_retries"): (0, 100, True, ""),
+    ("model", "retry_backoff"): (0, 3600, True, "seconds"),
+    ("model", "max_retry_wait"): (0, 86400, True, "seconds"),
+    ("model", "call_timeout"): (0, 86400, False, "seconds"),
+    ("tools", "shell_timeout"): (0, 86400, False, "seconds"),
+    ("tools", "max_output"): (100, 100_000_000, True, "characters"),
+}
+NAME_MAX = 64
+_NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def agent_name_problem(name: str) -> str | None:
+    """Why `name` cannot name an agent (None when it can). A name becomes the branch `mc/<name>`, a folder and a
+    log's folder, so it keeps to letters, digits, '.', '_' and '-' and to git's rules for a ref name."""
+    if not name:
+        return "the name is empty"
+    if len(name) > NAME_MAX:
+        return f"longer than {NAME_MAX} characters"
+    if not _NAME_CHARS.fullmatch(name):
+        bad = next(c for c in name if not _NAME_CHARS.fullmatch(c))
+        return f"{bad!r} is not allowed: use letters, digits, '.', '_' or '-'"
+    if not name[0].isalnum():
+        return "it must start with a letter or a digit"
+    if ".." in name:
+        return "git branch names cannot hold '..'"
+    if name.endswith(".lock"):
+        return "git branch names cannot end in '.lock'"
+    if name.endswith("."):
+        return "git branch names cannot end in '.'"
+    return None
+
+
+def suggest_name(name: str) -> str:
+    """A valid agent name close to `name` (what an error message offers as the fix)."""
+    fixed = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", name)).lstrip("._-")[:NAME_MAX]
+    while fixed.endswith((".", ".lock")):
+        fixed = fixed[:-5] + "-lock" if fixed.endswith(".lock") else fixed[:-1]
+    return fixed if fixed and agent_name_problem(fixed) is None else "agent-1"
+
+
+def _range_problem(value: float, table: str, key: str) -> str | None:
+    """Why a number is outside its allowed range, as the words after `must` (None when it is inside)."""
+    bounds = _RANGES.get((table, key))
+    if bounds is None:
+        return None
+    low, high, low_ok, unit = bounds
+    inside = (low <= value if low_ok else low < value) and value <= high  # False for nan
+    if inside:
+        return None
+    low_text, high_text = (str(int(x)) if x == int(x) else str(x) for x in (low, high))
+    words = f"from {low_text} to {high_text}" if low_ok else f"more than {low_text} and at most {high_text}"
+    return f"must be {words}" + (f" ({unit})" if unit else "")
+
+
+def _url_problem(url: str) -> str | None:
+    """Why `url` cannot be an endpoint's base_url (None when it can)."""
+    example = "e.g. http://127.0.0.1:11434/v1"
+    if any(c.isspace() for c in url):
+        return f"a URL cannot hold spaces: write it as {example}"
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not url.lower().startswith(f"{parts.scheme}://"):
+        return f"must start with http:// or https://, {example}"
+    if not parts.hostname:
+        return f"has no host: write it as {example}"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        return f"the port must be a number from 1 to 65535, {example}"
+    return None
 
 
 def _line_of(text: str, table: str, key: str | None, index: int | None = None) -> int | None:
@@ -188,7 +269,8 @@ def _check_value(value: Any, annotation: str) -> tuple[bool, Any]:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return ok, float(value) if ok else value
     if annotation == "list[str]":
-        return isinstance(value, list) and all(isinstance(v, str) for v in value), list(value)
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        return ok, list(value) if ok else value
     if annotation == "dict[str, str]":
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
         return ok, dict(value) if ok else value
@@ -205,29 +287,43 @@ _TYPE_WORDS = {
 }
 
 
+def _value_problem(table: str, key: str, value: Any, annotation: str) -> str | None:
+    """What is wrong with a value of the right type (None when nothing is), as the words after `key = value: `."""
+    choices = _CHOICES.get((table, key))
+    if choices and value not in choices:
+        return f"must be one of {', '.join(c for c in choices if c)}"
+    if annotation in ("int", "float"):
+        return _range_problem(value, table, key)
+    if (table, key) == ("model", "base_url"):
+        return _url_problem(value)
+    if (table, key) == ("policy", "allow_commands") and any(not entry.strip() for entry in value):
+        return 'an empty entry allows nothing: remove it, or write a command prefix such as "pytest"'
+    if (table, key) == ("tools", "pass_env"):
+        bad = next((name for name in value if not _ENV_NAME.fullmatch(name)), None)
+        if bad is not None:
+            return f"{bad!r} is not an environment variable name: use letters, digits and '_'"
+    return None
+
+
 def _build(cls: type, data: dict[str, Any], table: str, source: str, text: str, index: int | None = None):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     label = f"[{table}]" if index is None else f"[[{table}]] #{index + 1}"
-    for key, value in data.items():
+    for key, written in data.items():
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(
                 f"{_where(source, text, table, key, index)}: unknown key {label} {key}: remove it or use one of {known}"
             )
         annotation = str(fields[key].type)
-        ok, value = _check_value(value, annotation)
-        if not ok:
-            raise ConfigError(
-                f"{_where(source, text, table, key, index)}: {label} {key} = {value!r}: "
-                f"must be {_TYPE_WORDS.get(annotation, annotation)}"
-            )
-        choices = _CHOICES.get((table, key))
-        if choices and value not in choices:
-            shown = ", ".join(c for c in choices if c)
-            raise ConfigError(
-                f"{_where(source, text, table, key, index)}: {label} {key} = {value!r}: must be one of {shown}"
-            )
+        ok, value = _check_value(written, annotation)
+        problem = (
+            _value_problem(table, key, value, annotation)
+            if ok
+            else f"must be {_TYPE_WORDS.get(annotation, annotation)}"
+        )
+        if problem:
+            raise ConfigError(f"{_where(source, text, table, key, index)}: {label} {key} = {written!r}: {problem}")
         kwargs[key] = value
     for name, f in fields.items():
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and name not in kwargs:
@@ -268,10 +364,11 @@ def config_from_dict(data: dict[str, Any], source: str = "", text: str = "") -> 
             )
     names = [a.name for a in cfg.agents]
     for i, name in enumerate(names):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        problem = agent_name_problem(name)
+        if problem:
             raise ConfigError(
-                f"{_where(source, text, 'agents', 'name', i)}: [[agents]] name = {name!r}: use letters, digits, "
-                "'.', '_' or '-' (it becomes a branch name)"
+                f"{_where(source, text, 'agents', 'name', i)}: [[agents]] name = {name!r}: not usable as the branch "
+                f'mc/{name} ({problem}): rename it, e.g. name = "{suggest_name(name)}"'
             )
         if name in names[:i]:
             raise ConfigError(
@@ -283,6 +380,14 @@ def config_from_dict(data: dict[str, Any], source: str = "", text: str = "") -> 
             raise ConfigError(
                 f'{_where(source, text, "agents", "runner", i)}: [[agents]] {name!r} has runner = "command" '
                 'but no command: add command = "… {task}"'
+            )
+    for i, agent in enumerate(cfg.agents):
+        if not agent.task.strip():
+            where = _where(source, text, "agents", "task" if "task" in data["agents"][i] else None, i)
+            said = f"task = {agent.task!r}: the task is empty" if "task" in data["agents"][i] else "has no task"
+            raise ConfigError(
+                f'{where}: [[agents]] {agent.name!r} {said}: say what the agent should do, e.g. add task = "Fix the '
+                'failing test in tests/"'
             )
     return cfg
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +23,7 @@ from mc import procs
 from mc.agent import Agent, AgentLog, LogLine, replay
 from mc.agents import make_runner
 from mc.agents.base import Runner, RunnerContext, RunnerError
-from mc.config import AgentConfig, Config
+from mc.config import AgentConfig, Config, agent_name_problem, suggest_name
 from mc.git import Diff as Diff
 from mc.git import DiffScheduler, GitError, MergeResult, Repo
 from mc.store import FleetLocked, Store, StoreError, demo_scenario
@@ -32,7 +31,6 @@ from mc.watch import WorktreeWatcher
 
 __all__ = ["Diff", "Fleet", "FleetError", "FleetLocked", "MergeResult"]
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Statuses in which an agent's work may be merged or discarded.
 SETTLED = frozenset({"idle", "interrupted", "failed", "killed"})
 
@@ -424,8 +422,11 @@ class Fleet:
         """Create the agent's worktree and branch, and start it on its task."""
         self._check_writable()
         name = spec.name
-        if not NAME_RE.fullmatch(name):
-            raise FleetError(f"agent name {name!r}: use letters, digits, '.', '_' or '-' (it becomes a branch name)")
+        problem = agent_name_problem(name)
+        if problem:
+            raise FleetError(
+                f"agent name {name!r}: {problem} (it becomes a branch): rename it, e.g. {suggest_name(name)!r}"
+            )
         if name in self.agents:
             raise FleetError(f"an agent named {name!r} already exists in this fleet: pick another name")
         if not spec.task.strip():
