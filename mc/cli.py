@@ -109,7 +109,10 @@ async def _run_headless(cfg: Config, out: Any = None, *, spawn: bool = True) -> 
         await fleet.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    failed = [a.name for a in fleet.list() if a.status == "failed"]
+    failed = [a for a in fleet.list() if a.status == "failed"]
+    for agent in failed:
+        why = " ".join((agent.error or agent.status_reason or "no reason was given").split())
+        sys.stderr.write(f"missionctl: {agent.name} failed: {why}\n")
     waiting = [a.name for a in fleet.list() if a.pending]
     if waiting:
         sys.stderr.write(f"missionctl: waiting for your decision: {', '.join(waiting)} (open `missionctl` to answer)\n")
@@ -246,6 +249,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         pm = f"+{r['added']}/-{r['removed']}"
         status = r["status"] + ("*" if r["pending"] else "")
         print(f"{r['name']:<{width}}  {status:<11} {r['files_changed']:>5} {pm:>11} {r['tokens']:>8}  {r['branch']}")
+    if any(r["pending"] for r in rows):
+        print("* an approval waits for your decision: open `missionctl` here to answer it")
     return 0
 
 
@@ -285,8 +290,10 @@ def cmd_discard(args: argparse.Namespace) -> int:
     return asyncio.run(_discard(resolve_config(args.config), args.name))
 
 
-def _check(ok: bool, label: str, detail: str) -> bool:
-    print(f"{'ok  ' if ok else 'FAIL'}  {label}: {detail}")
+def _check(ok: bool, label: str, detail: str, *, mark: str = "") -> bool:
+    """Print one doctor line, `ok` or `FAIL` (or `mark`: `warn` for what does not fail the check but is not
+    ok either), and return `ok`."""
+    print(f"{mark or ('ok' if ok else 'FAIL'):<4}  {label}: {detail}")
     return ok
 
 
@@ -333,9 +340,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     used = {a.runner for a in cfg.agents}
     for kind, (usable, detail) in runner_status().items():
-        ok = usable or kind not in used  # an unusable runner fails the check only when an agent uses it
-        _check(ok, f"runner {kind}", ("usable: " if usable else "not usable: ") + detail)
-        good &= ok
+        if usable:
+            _check(True, f"runner {kind}", f"usable: {detail}")
+        elif kind in used:
+            good &= _check(False, f"runner {kind}", f"not usable: {detail}")
+        else:  # not usable, but no agent needs it: a warning, not a failure
+            _check(True, f"runner {kind}", f"not usable: {detail}; no agent uses it", mark="warn")
     from mc.tools import sandbox_available
 
     ok, why = sandbox_available()
@@ -381,57 +391,99 @@ def cmd_open(args: argparse.Namespace) -> int:
     return _tui(cfg, monitor=args.monitor)
 
 
+CONFIG_HELP = "config file (default: missionctl.toml or .mc/config.toml at the top of the repository here)"
+
+
+def _config_option(p: argparse.ArgumentParser) -> None:
+    """--config on a subcommand too (`missionctl ls --config F` as well as `missionctl --config F ls`)."""
+    p.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS, metavar="FILE", help=CONFIG_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="missionctl", description="Mission control for a fleet of coding agents, each in its own git worktree."
+        prog="missionctl",
+        description="Mission control for a fleet of coding agents, each in its own git worktree. Without a "
+        "command: open mission control on the fleet of the repository here.",
     )
-    parser.add_argument("--config", "-c", help="config file (default: missionctl.toml of the repository here)")
-    parser.add_argument("--monitor", action="store_true", help="follow the fleet read-only")
-    sub = parser.add_subparsers(dest="command")
+    parser.add_argument("--config", "-c", metavar="FILE", help=CONFIG_HELP)
+    parser.add_argument(
+        "--monitor", action="store_true", help="follow the fleet read-only (beside the process that drives it)"
+    )
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run a demo fleet against the built-in scripted model")
-    p.add_argument("--headless", action="store_true", help="print events as JSON lines instead of the UI")
-    p.add_argument("--dir", help="make the demo repository here (kept afterwards)")
-    p.add_argument("--keep", action="store_true", help="keep the demo folder afterwards")
+    def command(name: str, summary: str, description: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description or summary[:1].upper() + summary[1:] + ".")
+
+    p = command(
+        "demo",
+        "run a demo fleet against the built-in scripted model",
+        "A sample repository and five agents against the built-in scripted model: no API key, no network. "
+        "Given the folder of an earlier demo, it opens that demo's fleet again as it was left.",
+    )
+    p.add_argument("--headless", action="store_true", help="no UI: one JSON line per event on stdout")
+    p.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="make the demo in DIR/textkit, or open the demo already there (kept afterwards; default: a new "
+        "temporary folder, removed afterwards)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep the temporary demo folder afterwards")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="start the agents of the config")
-    p.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
-    p.add_argument("--headless", action="store_true", help="no UI: one JSON line per event on stdout")
+    p = command(
+        "run", "start the agents of the config", "Start the [[agents]] of the config that the fleet does not have yet."
+    )
+    _config_option(p)
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="no UI: one JSON line per event on stdout; exits when every agent is idle, done, failed or waiting",
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("init", help="write a starter config")
-    p.add_argument("path", nargs="?", help="where (default missionctl.toml)")
-    p.add_argument("--model", default="gpt-5-mini")
-    p.add_argument("--base-url", default="")
-    p.add_argument("--force", action="store_true")
+    p = command("init", "write a starter config")
+    p.add_argument("path", nargs="?", help="the file to write (default: missionctl.toml here)")
+    p.add_argument("--model", default="gpt-5-mini", help="the model of the [model] table (default: gpt-5-mini)")
+    p.add_argument(
+        "--base-url", default="", metavar="URL", help="an OpenAI-compatible endpoint (default: the OpenAI API)"
+    )
+    p.add_argument("--force", action="store_true", help="overwrite the file if it exists")
+    p.add_argument(
+        "--example",
+        action="store_true",
+        help="print the example config with every option, its default and what it does, and write nothing",
+    )
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("ls", help="list the fleet")
-    p.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
-    p.add_argument("--json", action="store_true")
+    p = command("ls", "list the fleet", "The fleet from its state on disk: status, files, lines, tokens, branch.")
+    _config_option(p)
+    p.add_argument("--json", action="store_true", help="one JSON list of the agents instead of the table")
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("merge", help="land an agent's work on its base branch")
-    p.add_argument("name")
-    p.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
-    p.add_argument("--mode", choices=["ff", "merge", "squash"])
-    p.add_argument("--message", "-m")
+    p = command("merge", "land an agent's work on its base branch")
+    p.add_argument("name", help="the agent (its name, as `missionctl ls` shows it)")
+    _config_option(p)
+    p.add_argument(
+        "--mode",
+        choices=["ff", "merge", "squash"],
+        help="fast-forward, a merge commit, or one squashed commit (default: [repo] merge of the config)",
+    )
+    p.add_argument("--message", "-m", metavar="TEXT", help="the commit message (default: the agent's name and task)")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("discard", help="remove an agent's worktree and branch (a snapshot is kept)")
-    p.add_argument("name")
-    p.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
+    p = command("discard", "remove an agent's worktree and branch (a snapshot is kept)")
+    p.add_argument("name", help="the agent (its name, as `missionctl ls` shows it)")
+    _config_option(p)
     p.set_defaults(func=cmd_discard)
 
-    p = sub.add_parser("doctor", help="check git, the config, the endpoint and the worktree folder")
-    p.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS)
+    p = command("doctor", "check git, the config, the endpoint and the worktree folder")
+    _config_option(p)
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("scripted-server", help="serve a scenario as an OpenAI-compatible endpoint")
-    p.add_argument("--scenario", required=True)
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--host", default="127.0.0.1")
+    p = command("scripted-server", "serve a scenario as an OpenAI-compatible endpoint")
+    p.add_argument("--scenario", required=True, metavar="FILE", help="a scenario .toml file, or a bundled name (demo)")
+    p.add_argument("--port", type=int, default=0, help="the port to listen on (default: a free one, printed)")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
     p.set_defaults(func=cmd_scripted_server)
     return parser
 

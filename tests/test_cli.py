@@ -1,0 +1,115 @@
+"""The command line as a user meets it: real `python -m mc` subprocesses on real repositories, the scripted
+model server on 127.0.0.1 as the endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mc.cli import build_parser
+
+MISSIONCTL = [sys.executable, "-m", "mc"]
+
+
+def missionctl(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MISSIONCTL, *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=120
+    )
+
+
+def write_config(tmp_path: Path, repo: Path, server: Any, agents: str = "", **model: str) -> Path:
+    config = tmp_path / "missionctl.toml"
+    extra = "".join(f"{key} = {value}\n" for key, value in model.items())
+    config.write_text(
+        f'[repo]\npath = "{repo}"\nworktree_dir = "{tmp_path / "wt"}"\n'
+        f'[model]\nbase_url = "{server.base_url}"\napi_key_env = ""\n{extra}\n{agents}'
+    )
+    return config
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def test_every_option_and_argument_of_every_command_has_a_help_text() -> None:
+    parser = build_parser()
+    commands = subparsers(parser)
+    assert {"demo", "run", "init", "ls", "merge", "discard", "doctor", "scripted-server"} <= set(commands)
+    missing = []
+    for name, sub in [("missionctl", parser), *commands.items()]:
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            if not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+    # and each subcommand's --help prints them (no traceback, exit 0)
+    for name in commands:
+        shown = missionctl(name, "--help")
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, name
+
+
+def test_doctor_calls_an_unusable_runner_ok_never(repo: Path, scripted: Any, tmp_path: Path) -> None:
+    server = scripted({"agents": [{"name": "a", "turns": [{"say": "hi"}]}]})
+    env = {"MC_CLAUDE_BIN": str(tmp_path / "no-such-claude")}
+
+    unused = missionctl("doctor", "--config", str(write_config(tmp_path, repo, server)), env=env)
+    line = next(x for x in unused.stdout.splitlines() if "runner claude" in x)
+    assert "not usable" in line and not line.startswith("ok"), line
+    assert "no agent uses it" in line
+    for row in unused.stdout.splitlines():
+        assert not (row.startswith("ok") and "not usable" in row), row
+    assert "FAIL" not in line and unused.returncode == 0, unused.stdout  # nothing needs it: doctor still passes
+
+    agent = '[[agents]]\nname = "c"\ntask = "t"\nrunner = "claude"\n'
+    used = missionctl("doctor", "--config", str(write_config(tmp_path, repo, server, agent)), env=env)
+    line = next(x for x in used.stdout.splitlines() if "runner claude" in x)
+    assert line.startswith("FAIL") and "not usable" in line, line
+    assert used.returncode == 1
+
+
+async def test_ls_explains_the_mark_of_an_agent_waiting_for_a_decision(
+    repo: Path, scripted: Any, tmp_path: Path, fleet_factory: Any
+) -> None:
+    from mc.config import load_config
+    from tests.test_fleet import wait_for, write_turn
+
+    server = scripted({"agents": [{"name": "w", "turns": [write_turn("w.txt", "w\n"), {"say": "Done."}]}]})
+    agents = '[[agents]]\nname = "w"\ntask = "write w"\nmodel = "w"\npolicy = "writes"\n'
+    config = write_config(tmp_path, repo, server, agents)
+    fleet = await fleet_factory(load_config(config))
+    await fleet.spawn_configured()
+    await wait_for(lambda: fleet.get("w").pending, what="an approval")
+    await fleet.close()
+
+    shown = missionctl("ls", "--config", str(config))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    row = next(x for x in lines if x.startswith("w "))
+    assert "waiting*" in row
+    legend = [x for x in lines if x.startswith("*")]
+    assert len(legend) == 1 and "decision" in legend[0] and "missionctl" in legend[0], shown.stdout
+
+
+def test_a_headless_run_whose_agents_all_fail_says_why_on_stderr(repo: Path, scripted: Any, tmp_path: Path) -> None:
+    fault = {"kind": "500", "message": "the model is down for maintenance"}
+    server = scripted({"agents": [{"name": n, "faults": [fault], "turns": [{"say": "never"}]} for n in ("one", "two")]})
+    agents = "".join(f'[[agents]]\nname = "{n}"\ntask = "t"\nmodel = "{n}"\n' for n in ("one", "two"))
+    config = write_config(tmp_path, repo, server, agents, max_retries="0")
+    run = missionctl("run", "--headless", "--config", str(config))
+    assert run.returncode == 1
+    lines = [x for x in run.stderr.splitlines() if x.strip()]
+    assert "Traceback" not in run.stderr
+    for name in ("one", "two"):
+        line = next((x for x in lines if f"{name} failed" in x), None)
+        assert line is not None, run.stderr
+        assert line.startswith("missionctl: ") and "the model is down for maintenance" in line
