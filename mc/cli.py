@@ -63,13 +63,26 @@ def _open_fleet(cfg: Config, readonly: bool = False) -> Any:
 
 
 # -- subcommands -----------------------------------------------------------------------------------
+def example_config() -> str:
+    """The documented example config (every option, its default and what it does), shipped with the package."""
+    from importlib import resources
+
+    return resources.files("mc").joinpath("config.example.toml").read_text(encoding="utf-8")
+
+
 def cmd_init(args: argparse.Namespace) -> int:
+    if args.example:
+        sys.stdout.write(example_config())
+        return 0
     target = Path(args.path or "missionctl.toml")
     if target.exists() and not args.force:
         raise CliError(f"{target} exists already: edit it, or pass --force to overwrite it")
     text = starter_config(repo=".", model=args.model, base_url=args.base_url or "")
     target.write_text(text)
-    print(f"wrote {target}: edit the [[agents]] tables, then run `missionctl run`")
+    print(
+        f"wrote {target}: edit the [[agents]] tables, then run `missionctl run`; "
+        "`missionctl init --example` prints every option with its default and what it does"
+    )
     return 0
 
 

@@ -442,7 +442,7 @@ def starter_config(repo: str = ".", model: str = "gpt-5-mini", base_url: str = "
         for key in [k for k, v in agent.items() if v == ""]:
             del agent[key]
     head = (
-        "# missionctl configuration: every option is documented in config.example.toml.\n"
+        "# missionctl configuration. Every option, its default and what it does: `missionctl init --example`.\n"
         "# The API key is read from the environment variable named by api_key_env, never from this file.\n\n"
     )
     return head + tomli_w.dumps(data)

@@ -113,3 +113,31 @@ def test_a_headless_run_whose_agents_all_fail_says_why_on_stderr(repo: Path, scr
         line = next((x for x in lines if f"{name} failed" in x), None)
         assert line is not None, run.stderr
         assert line.startswith("missionctl: ") and "the model is down for maintenance" in line
+
+
+def test_init_points_to_an_example_the_user_can_read(tmp_path: Path) -> None:
+    from mc.config import parse_config
+    from tests.conftest import make_repo
+
+    cwd = make_repo(tmp_path / "repo")
+    made = missionctl("init", cwd=cwd)
+    assert made.returncode == 0, made.stderr
+    written = (cwd / "missionctl.toml").read_text()
+    told = made.stdout + written
+    assert "config.example.toml" not in told or (cwd / "config.example.toml").is_file()
+    assert "missionctl init --example" in made.stdout and "missionctl init --example" in written
+
+    example = missionctl("init", "--example", cwd=cwd)
+    assert example.returncode == 0, example.stderr
+    parse_config(example.stdout, "example.toml")  # valid as it stands
+    assert "[model]" in example.stdout and "api_key_env =" in example.stdout
+    assert sorted(p.name for p in cwd.iterdir() if p.name.endswith(".toml")) == ["missionctl.toml"]
+
+
+def test_the_example_config_has_one_copy_shipped_with_the_package() -> None:
+    from importlib import resources
+
+    shipped = Path(str(resources.files("mc") / "config.example.toml"))
+    top = Path(__file__).resolve().parent.parent / "config.example.toml"
+    assert shipped.is_file()
+    assert top.resolve() == shipped.resolve()
