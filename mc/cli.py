@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -336,19 +337,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         good &= _check(True, "repository", f"{repo.root} (base {branch})")
     except GitError as exc:
         good &= _check(False, "repository", str(exc))
+    demo = None
     if repo is not None:
+        from mc.demo import demo_settings
         from mc.fleet import Fleet
+        from mc.store import StoreError, demo_scenario
 
         fleet = Fleet(cfg, readonly=True)
+        with contextlib.suppress(StoreError):
+            demo = demo_scenario(fleet.store.load_state())
+        if demo and not cfg.source:
+            demo_settings(cfg, fleet.root)  # what opening the demo fleet sets: its worktree folder, its agents
         wt = fleet.worktree_dir
         problem = _worktree_folder_problem(wt)
         good &= _check(
             problem is None, "worktree folder", f"{wt}" + (f": {problem}; set [repo] worktree_dir" if problem else "")
         )
         owner = fleet.store.owner_pid() if fleet.store.is_owned_elsewhere() else None
-        _check(True, "fleet", f"owned by process {owner}" if owner else "not running")
+        _check(
+            True,
+            "fleet",
+            ("a demo fleet, " if demo else "") + (f"owned by process {owner}" if owner else "not running"),
+        )
         repo.close()
-    good &= _doctor_endpoint(cfg)
+    if demo:
+        good &= _doctor_demo_endpoint(demo)
+    else:
+        good &= _doctor_endpoint(cfg)
     from mc.agents import runner_status
 
     used = {a.runner for a in cfg.agents}
@@ -367,6 +382,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         _check(True, "sandbox", f'off ([tools] sandbox = "none"); bubblewrap: {why}')
     return 0 if good else 1
+
+
+def _doctor_demo_endpoint(scenario: str) -> bool:
+    """A demo fleet's endpoint is the scripted model, started on a fresh port whenever the fleet opens."""
+    from mc.demo import DemoError, demo_scenario_path
+
+    try:
+        demo_scenario_path(scenario)
+    except DemoError as exc:
+        return _check(False, "endpoint", str(exc))
+    return _check(True, "endpoint", f"the demo's scripted model (scenario {scenario}), started when the fleet opens")
 
 
 def _doctor_endpoint(cfg: Config) -> bool:

@@ -131,8 +131,9 @@ def demo_scenario_path(scenario: str = DEMO_SCENARIO) -> Path:
     return path
 
 
-def _demo_settings(cfg: Config, repo: Path) -> None:
-    """What a demo fleet's config holds besides its endpoint."""
+def demo_settings(cfg: Config, repo: Path) -> None:
+    """Set what a demo fleet's config holds besides its endpoint (in place): worktree folder, model, allowed
+    commands, agents."""
     cfg.repo.path = str(repo)
     cfg.repo.worktree_dir = str(repo.parent / "worktrees")
     cfg.model.model = "demo"
@@ -148,7 +149,7 @@ def serve_demo(cfg: Config, scenario: str, repo: Path) -> Any:
 
     path = demo_scenario_path(scenario)
     if not cfg.source:
-        _demo_settings(cfg, repo)
+        demo_settings(cfg, repo)
     server = serve_in_thread(path)
     cfg.model.base_url = server.base_url
     cfg.model.api_key_env = ""
@@ -202,5 +203,5 @@ def start_demo(folder: Path | None = None) -> Demo:
     else:
         make_sample_repo(base, DEMO_SCENARIO)
     cfg = Config()
-    _demo_settings(cfg, repo)
+    demo_settings(cfg, repo)
     return Demo(folder=base, repo=repo, config=cfg, reopened=reopened, agents=cfg.agents)

@@ -141,3 +141,17 @@ def test_the_example_config_has_one_copy_shipped_with_the_package() -> None:
     top = Path(__file__).resolve().parent.parent / "config.example.toml"
     assert shipped.is_file()
     assert top.resolve() == shipped.resolve()
+
+
+def test_doctor_in_a_demo_repository_checks_the_scripted_model_not_openai(tmp_path: Path) -> None:
+    from mc.demo import start_demo
+
+    demo = start_demo(tmp_path / "demo")
+    # were the check to call out anyway, it would meet a closed port on 127.0.0.1, never the internet
+    closed = {"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": ""}
+    checked = missionctl("doctor", cwd=demo.repo, env=closed)
+    lines = checked.stdout.splitlines()
+    endpoint = next(x for x in lines if x.split()[1:2] == ["endpoint:"])
+    assert endpoint.startswith("ok") and "scripted" in endpoint, checked.stdout
+    assert not [x for x in lines if "api key" in x], checked.stdout
+    assert checked.returncode == 0, checked.stdout
