@@ -524,6 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="the port to listen on (default: a free one, printed)")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: 127.0.0.1)")
     p.set_defaults(func=cmd_scripted_server)
+
+    from mc.commands import register
+
+    register(command, _config_option, lambda func: lambda args: func(args, resolve_config(args.config)))
     return parser
 
 

@@ -7,7 +7,11 @@ MC = Path(__file__).resolve().parent.parent / "mc"
 
 # module prefix → modules it must not import
 FORBIDDEN = {
-    "mc.fleet": ("textual", "mc.tui", "mc.cli"),
+    # the client speaks to a fleet over its socket: it never holds one itself
+    "mc.client": ("textual", "mc.tui", "mc.cli", "mc.server", "mc.fleet", "mc.agents", "mc.tools", "mc.git"),
+    "mc.server": ("textual", "mc.tui", "mc.cli", "mc.client"),
+    "mc.snapshot": ("textual", "mc.tui", "mc.cli", "mc.fleet", "mc.server", "mc.client"),
+    "mc.fleet": ("textual", "mc.tui", "mc.cli", "mc.server", "mc.client"),
     "mc.agents": ("textual", "mc.tui", "mc.cli", "mc.fleet"),
     "mc.tools": ("textual", "mc.tui", "mc.cli", "mc.fleet", "mc.agents"),
     "mc.git": ("textual", "mc.tui", "mc.cli", "mc.fleet", "mc.agents", "mc.tools"),

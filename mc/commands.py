@@ -1,0 +1,234 @@
+"""The `missionctl` subcommands that talk to a running fleet server: serve, stop, spawn, approve, deny,
+redirect, interrupt, resume, kill, events.
+
+Each one is a client of the repository's fleet server (started on demand, except by `stop` and `events`),
+so a script or a cron job can drive a fleet that a window shows at the same time. Exit codes a script can
+rely on: 0 done, 1 the fleet refused (the message says why: no such agent, already answered …), 2 bad input or
+no fleet server, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mc.config import Config
+
+EXIT_REFUSED = 1
+EXIT_NO_SERVER = 2
+
+
+def state_dir(cfg: Config) -> Path:
+    """The fleet's state folder: `.mc` at the top of the config's repository."""
+    where = cfg.repo_path()
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        top = str(where)
+    return Path(top) / ".mc"
+
+
+def _server_argv(args: argparse.Namespace) -> list[str]:
+    config = getattr(args, "config", None)
+    return ["--config", str(Path(config).resolve())] if config else []
+
+
+def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
+    """Run the fleet server in the foreground until `missionctl stop` (or SIGTERM)."""
+    from mc.server import FleetServer
+
+    server = FleetServer(cfg)
+
+    def ready() -> None:
+        print(f"missionctl: serving the fleet of {server.fleet.root} on {server.socket}", file=sys.stderr, flush=True)
+
+    asyncio.run(server.serve(on_ready=ready))
+    print("missionctl: the fleet server stopped; every agent was ended", file=sys.stderr)
+    return 0
+
+
+async def _client(args: argparse.Namespace, cfg: Config, *, start: bool) -> Any:
+    from mc.client import ClientError, FleetClient, answers, ensure_server, socket_of
+
+    folder = state_dir(cfg)
+    if start:
+        socket = await ensure_server(folder, _server_argv(args))
+    else:
+        socket = socket_of(folder)
+        if not await answers(socket):
+            raise ClientError(f"no fleet server runs for {folder.parent} (nothing to do)", 0)
+    client = FleetClient(socket, reconnect=False)
+    await client.connect(follow=False)
+    return client
+
+
+def _run(args: argparse.Namespace, cfg: Config, work: Callable[[Any], Any], *, start: bool = True) -> int:
+    from mc.client import ClientError, ServerGone
+
+    async def main() -> int:
+        client = await _client(args, cfg, start=start)
+        try:
+            result = await work(client)
+            return int(result or 0)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(main())
+    except ServerGone as exc:
+        print(f"missionctl: {exc}", file=sys.stderr)
+        return EXIT_NO_SERVER
+    except ClientError as exc:
+        print(f"missionctl: {exc}", file=sys.stderr)
+        return EXIT_REFUSED if exc.status else EXIT_NO_SERVER
+
+
+def cmd_stop(args: argparse.Namespace, cfg: Config) -> int:
+    async def work(client: Any) -> int:
+        running = [a.name for a in client.list() if a.status in ("starting", "running")]
+        pid = client.info.get("pid")
+        await client.stop()
+        ended = f"; interrupted: {', '.join(running)}" if running else ""
+        print(f"missionctl: the fleet server (pid {pid}) stopped{ended}", file=sys.stderr)
+        return 0
+
+    return _run(args, cfg, work, start=False)
+
+
+def cmd_spawn(args: argparse.Namespace, cfg: Config) -> int:
+    fields = {k: v for k, v in (("runner", args.runner), ("model", args.model), ("policy", args.policy)) if v}
+
+    async def work(client: Any) -> int:
+        data = await client.spawn(args.name, args.task, **fields)
+        agent = data["agent"]
+        print(f"{agent['name']}: {agent['status']} on {agent['branch']}")
+        return 0
+
+    return _run(args, cfg, work)
+
+
+def _decision(action: str) -> Callable[[argparse.Namespace, Config], int]:
+    def cmd(args: argparse.Namespace, cfg: Config) -> int:
+        async def work(client: Any) -> int:
+            agent = client.get(args.name)
+            if action == "approve":
+                await client.approve(agent.name, args.id, remember=args.all)
+                print(f"{agent.name}: approved" + (" (and the same for the rest of the run)" if args.all else ""))
+            elif action == "deny":
+                await client.deny(agent.name, args.id, args.reason or "")
+                print(f"{agent.name}: denied" + (f": {args.reason}" if args.reason else ""))
+            elif action == "redirect":
+                await client.redirect(agent.name, " ".join(args.text))
+                print(f"{agent.name}: redirected")
+            elif action == "interrupt":
+                await client.interrupt(agent.name)
+                print(f"{agent.name}: interrupted")
+            elif action == "resume":
+                await client.resume(agent.name)
+                print(f"{agent.name}: resumed")
+            elif action == "kill":
+                await client.kill(agent.name, discard=args.discard)
+                print(f"{agent.name}: killed" + (" and discarded (a snapshot is kept)" if args.discard else ""))
+            return 0
+
+        return _run(args, cfg, work)
+
+    return cmd
+
+
+def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
+    async def work(client: Any) -> int:
+        agent = client.get(args.agent).id if args.agent else None
+        names = {a.id: a.name for a in client.list()}
+        since = 0 if args.all or not args.follow else client.seq  # without --follow: what the server keeps
+        try:
+            async for seq, event in client.events(since=since, agent=agent, follow=args.follow):
+                names.setdefault(event.agent, getattr(event, "name", "") or event.agent)
+                if args.json:
+                    print(json.dumps({"seq": seq, **event.to_dict()}), flush=True)
+                else:
+                    print(f"{seq:>6} {names.get(event.agent, event.agent):<16} {_describe(event)}", flush=True)
+        except (BrokenPipeError, KeyboardInterrupt):
+            return 0
+        return 0
+
+    return _run(args, cfg, work, start=False)
+
+
+def _describe(event: Any) -> str:
+    data = event.to_dict()
+    kind = data.pop("type")
+    data.pop("agent", None)
+    data.pop("ts", None)
+    main = data.get("status") or data.get("summary") or data.get("text") or data.get("message") or ""
+    return f"{kind}: {str(main).splitlines()[0][:100] if main else ''}".rstrip(": ")
+
+
+def register(
+    command: Callable[..., argparse.ArgumentParser],
+    config_option: Callable[..., None],
+    wrap: Callable[[Callable[[argparse.Namespace, Config], int]], Callable[[argparse.Namespace], int]],
+) -> None:
+    """Add these subcommands to the `missionctl` parser (`command(name, summary, description)` makes one)."""
+    p = command(
+        "serve",
+        "run the fleet server in the foreground",
+        "Run the repository's fleet server in the foreground (for systemd or debugging). Other commands start it "
+        "on demand, detached; it runs until `missionctl stop`.",
+    )
+    config_option(p)
+    p.set_defaults(func=wrap(cmd_serve))
+
+    p = command("stop", "stop the fleet server: every agent ends (mid-turn ones as interrupted)")
+    config_option(p)
+    p.set_defaults(func=wrap(cmd_stop))
+
+    p = command("spawn", "start a new agent in the running fleet")
+    config_option(p)
+    p.add_argument("--name", required=True, help="the agent's name (also its branch: mc/NAME)")
+    p.add_argument("--task", required=True, help="what the agent is asked to do")
+    p.add_argument("--runner", help="builtin, codex, acp, claude or command (default: builtin)")
+    p.add_argument("--model", help="the model (default: [model] model of the config)")
+    p.add_argument("--policy", help="always, writes, commands or never: which calls wait for approval")
+    p.set_defaults(func=wrap(cmd_spawn))
+
+    for action, summary in (
+        ("approve", "let an agent's waiting call run"),
+        ("deny", "refuse an agent's waiting call; the model reads the reason"),
+        ("redirect", "give an agent a new instruction"),
+        ("interrupt", "stop an agent's turn (resume it later)"),
+        ("resume", "continue an interrupted agent"),
+        ("kill", "end an agent and its processes (its worktree stays)"),
+    ):
+        p = command(action, summary)
+        p.add_argument("name", help="the agent (its name, as `missionctl ls` shows it)")
+        config_option(p)
+        if action in ("approve", "deny"):
+            p.add_argument("--id", help="the approval to answer (default: the agent's oldest waiting one)")
+        if action == "approve":
+            p.add_argument("--all", action="store_true", help="approve calls like this one for the rest of the run")
+        if action == "deny":
+            p.add_argument("--reason", help="why: the model reads it and adapts")
+        if action == "redirect":
+            p.add_argument("text", nargs="+", help="the new instruction")
+        if action == "kill":
+            p.add_argument("--discard", action="store_true", help="also discard its work (a snapshot is kept)")
+        p.set_defaults(func=wrap(_decision(action)))
+
+    p = command("events", "print the fleet's events (with --follow: as they happen)")
+    config_option(p)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events until interrupted")
+    p.add_argument("--agent", metavar="NAME", help="only this agent's events")
+    p.add_argument("--json", action="store_true", help="one JSON object per line, with its sequence number")
+    p.add_argument(
+        "--all", action="store_true", help="with --follow, start from the first event the server keeps (default: now)"
+    )
+    p.set_defaults(func=wrap(cmd_events))
