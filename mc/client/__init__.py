@@ -80,6 +80,14 @@ class Diff:
         self.text = str(data.get("text") or "")
         self.truncated = bool(data.get("truncated"))
 
+    def summary(self) -> str:
+        """One line: "3 files changed, +10 -2" (and "diff truncated" when the text was cut)."""
+        if not self.files:
+            return "no changes"
+        n = len(self.files)
+        line = f"{n} file{'s' if n != 1 else ''} changed, +{self.added} -{self.removed}"
+        return line + " (diff truncated)" if self.truncated else line
+
 
 class FleetClient:
     """The fleet behind a socket, with the Fleet's commands; `agents` is kept up to date by the event stream."""
@@ -325,6 +333,7 @@ async def ensure_server(state_dir: Path, argv: list[str], *, timeout: float = ST
         start = log_path.stat().st_size
         proc = subprocess.Popen(
             [sys.executable, "-m", "mc", "serve", *argv],
+            cwd=state_dir.parent,  # the repository: the server never holds a folder the user may remove
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=fd,
@@ -347,3 +356,158 @@ async def ensure_server(state_dir: Path, argv: list[str], *, timeout: float = ST
     if proc.poll() is None:
         proc.kill()
     raise ClientError(f"the fleet server did not start: {last} (log: {log_path})")
+
+
+class MergeOutcome:
+    """What a merge did, as the server answered (the fields of mc.git.MergeResult)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.ok = bool(data.get("ok"))
+        self.commit: str | None = data.get("commit")
+        self.conflicts: list[str] = list(data.get("conflicts") or [])
+        self.message = str(data.get("message") or "")
+        self.mode = str(data.get("mode") or "")
+
+
+class RemoteFleet:
+    """A fleet server seen through the Fleet's own interface, so a screen does not know or care where the
+    fleet runs: the same attributes, the same commands, the same listener of events.
+
+    Commands go to the server; `agents` follows its event stream. `readonly` (a monitor) refuses commands here.
+    Diffs are kept as the server last sent them: `refresh_diff` asks for the current one.
+    """
+
+    def __init__(
+        self, config: Any, socket: Path, *, readonly: bool = False, server_argv: list[str] | None = None
+    ) -> None:
+        self.config = config
+        self.readonly = readonly
+        self.socket = Path(socket)
+        self.state_dir = self.socket.parent
+        self.root = self.state_dir.parent
+        self.client = FleetClient(self.socket)
+        self.diffs: dict[str, Diff] = {}
+        self._server_argv = server_argv
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Attach: start the server when none answers (unless read-only), take a snapshot, follow events."""
+        self._loop = asyncio.get_running_loop()
+        if self._server_argv is not None and not self.readonly:
+            await ensure_server(self.state_dir, self._server_argv)
+        await self.client.connect()
+
+    async def close(self) -> None:
+        """Detach. The fleet keeps working in its server."""
+        await self.client.close()
+
+    @property
+    def agents(self) -> dict[str, Agent]:
+        return self.client.agents
+
+    @property
+    def base_branch(self) -> str:
+        return str(self.client.info.get("base_branch") or "")
+
+    @property
+    def owner_pid(self) -> int | None:
+        pid = self.client.info.get("pid")
+        return int(pid) if pid else None
+
+    @property
+    def connected(self) -> bool:
+        return self.client.connected
+
+    def add_listener(self, listener: Callable[[ev.Event], None]) -> None:
+        self.client.add_listener(listener)
+
+    def remove_listener(self, listener: Callable[[ev.Event], None]) -> None:
+        self.client.remove_listener(listener)
+
+    def on_connection(self, callback: Callable[[bool], None]) -> None:
+        self.client.on_connection(callback)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def list(self) -> list[Agent]:
+        return self.client.list()
+
+    def get(self, name_or_id: str) -> Agent:
+        return self.client.get(name_or_id)
+
+    def needing_decision(self) -> list[Agent]:
+        return sorted((a for a in self.agents.values() if a.pending), key=lambda a: a.waiting_since)
+
+    def next_needing_decision(self, after: str | None = None) -> Agent | None:
+        waiting = self.needing_decision()
+        if not waiting:
+            return None
+        ids = [a.id for a in waiting]
+        return waiting[(ids.index(after) + 1) % len(waiting)] if after in ids else waiting[0]
+
+    def diff(self, agent_id: str) -> Diff | None:
+        return self.diffs.get(agent_id)
+
+    async def refresh_diff(self, agent_id: str) -> Diff:
+        diff = await self.client.diff(agent_id)
+        self.diffs[agent_id] = diff
+        return diff
+
+    def full_log(self, agent_id: str) -> list[LogLine]:
+        """The whole log (blocking: call it in a thread, as for the in-process Fleet)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(self.client.full_log(agent_id), self._loop).result(60)
+
+    # -- commands --------------------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self.readonly:
+            raise ClientError("this window is a read-only monitor: decide in a window opened without --monitor")
+
+    async def spawn(self, spec: Any) -> Agent:
+        self._writable()
+        fields = {k: getattr(spec, k) for k in ("runner", "model", "policy", "command", "base") if getattr(spec, k)}
+        data = await self.client.spawn(spec.name, spec.task, **fields)
+        agent_id = data["agent"]["id"]
+        return self.agents.get(agent_id) or agent_from_dict(data["agent"])
+
+    async def spawn_configured(self) -> list[Agent]:
+        self._writable()
+        data = await self.client.request("POST", "/v1/spawn-configured")
+        return [self.agents.get(a["id"]) or agent_from_dict(a) for a in data.get("agents", [])]
+
+    async def approve(self, agent_id: str, approval_id: str | None = None, *, remember: bool = False) -> None:
+        self._writable()
+        await self.client.approve(agent_id, approval_id, remember=remember)
+
+    async def deny(self, agent_id: str, approval_id: str | None = None, reason: str = "") -> None:
+        self._writable()
+        await self.client.deny(agent_id, approval_id, reason)
+
+    async def redirect(self, agent_id: str, text: str) -> None:
+        self._writable()
+        await self.client.redirect(agent_id, text)
+
+    async def interrupt(self, agent_id: str) -> None:
+        self._writable()
+        await self.client.interrupt(agent_id)
+
+    async def resume(self, agent_id: str) -> None:
+        self._writable()
+        await self.client.resume(agent_id)
+
+    async def kill(self, agent_id: str, *, discard: bool = False) -> None:
+        self._writable()
+        await self.client.kill(agent_id, discard=discard)
+
+    async def merge(self, agent_id: str, mode: str | None = None, message: str | None = None) -> MergeOutcome:
+        self._writable()
+        return MergeOutcome(await self.client.merge(agent_id, mode, message))
+
+    async def discard(self, agent_id: str) -> str:
+        self._writable()
+        return await self.client.discard(agent_id)
+
+    async def stop(self) -> None:
+        """Stop the fleet server itself: every agent ends."""
+        self._writable()
+        await self.client.stop()

@@ -198,6 +198,7 @@ class FleetServer:
         r.add_get("/v1/fleet", self._snapshot)
         r.add_get("/v1/events", self._events)
         r.add_post("/v1/agents", self._spawn)
+        r.add_post("/v1/spawn-configured", self._spawn_configured)
         r.add_get("/v1/agents/{name}/diff", self._diff)
         r.add_get("/v1/agents/{name}/log", self._log)
         r.add_post("/v1/agents/{name}/{action}", self._act)
@@ -274,6 +275,10 @@ class FleetServer:
             raise FleetError("spawn needs a name and a task (--name NAME --task TEXT)")
         agent = await self.fleet.spawn(spec)
         return web.json_response({"agent": agent_to_dict(agent, 50)})
+
+    async def _spawn_configured(self, request: web.Request) -> web.Response:
+        agents = await self.fleet.spawn_configured()
+        return web.json_response({"agents": [agent_to_dict(a, 50) for a in agents]})
 
     async def _diff(self, request: web.Request) -> web.Response:
         agent = self.fleet.get(request.match_info["name"])
