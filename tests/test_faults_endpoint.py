@@ -1,5 +1,7 @@
 """Fault suite, model endpoint: 429 with Retry-After, 500, a stream cut mid-answer, a stall past the timeout,
-malformed JSON and a refused connection, over both APIs.
+malformed JSON and a refused connection, over both APIs; a Retry-After of an hour (capped by [model]
+max_retry_wait) and streams that never finish, trickling or sending only keep-alive comments (ended by [model]
+call_timeout).
 
 Every faulty agent ends in a named state (failed, or idle when the fault was transient) with the endpoint's
 message; its retries are bounded (counted on the server); a healthy agent in the same fleet finishes its work.
@@ -11,6 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from mc import events as ev
@@ -100,3 +103,90 @@ async def test_a_refused_connection_fails_the_agent_after_bounded_retries(
     attempts = [e for e in _events(fleet, "nobody") if isinstance(e, ev.ErrorEvent)]
     assert len(attempts) == MAX_RETRIES + 1  # two retries announced, then the fatal one
     assert server.requests == []
+
+
+@pytest.mark.parametrize("api", ["responses", "chat"])
+async def test_a_retry_after_of_an_hour_waits_only_max_retry_wait_and_says_so(
+    api: str, repo: Path, scripted: Any, fleet_factory: Any
+) -> None:
+    hour = {"kind": "429", "retry_after": 3600, "message": "come back in an hour"}
+    text = "Here is the answer after the wait."
+    agents = [
+        {"name": "hour-once", "faults": [{**hour, "times": 1}], "turns": [{"say": text}]},
+        {"name": "hour-always", "faults": [hour], "turns": [{"say": text}]},
+    ]
+    server = scripted({"agents": agents})
+    specs = [AgentConfig(name=a["name"], task="answer", model=a["name"], policy="never") for a in agents]
+    cfg = fleet_config(repo, server, specs, api=api, max_retries=1, max_retry_wait=1.0)
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    assert await fleet.wait_settled(60)  # not an hour
+
+    for name in ("hour-once", "hour-always"):
+        retries = [e for e in _events(fleet, name) if isinstance(e, ev.ErrorEvent) and not e.fatal]
+        assert [e.retry_in for e in retries] == [1.0], name  # the wait was capped
+        # what the engineer reads while it waits: what the endpoint asked for, and the wait it got instead
+        assert "asked to wait 3600s" in retries[0].message and "[model] max_retry_wait" in retries[0].message
+        assert any("asked to wait 3600s" in line and "retrying in 1s" in line for _, line in fleet.get(name).log.lines)
+    once, always = fleet.get("hour-once"), fleet.get("hour-always")
+    assert once.status == "idle" and any(text in line for _, line in once.log.lines)
+    assert len(server.requests_for("hour-once")) == 2
+    assert always.status == "failed" and "come back in an hour" in always.error
+    assert "gave up after 1 retries" in always.error
+    assert len(server.requests_for("hour-always")) == 2
+
+
+async def test_the_keepalive_fault_sends_only_sse_comments(scripted: Any) -> None:
+    """The scripted knob itself: after `after` events, only `: keep-alive` lines arrive for `seconds`."""
+    fault = {"kind": "keepalive", "after": 2, "seconds": 30, "every": 0.1}
+    server = scripted({"agents": [{"name": "k", "faults": [fault], "turns": [{"say": "never said"}]}]})
+    client = openai.AsyncOpenAI(api_key="not-set", base_url=server.base_url, timeout=10, max_retries=0)
+    request = client.chat.completions.with_streaming_response.create(
+        model="k", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    lines: list[str] = []
+    try:
+        async with request as response:
+            async for line in response.iter_lines():
+                lines.append(line)
+                if sum(x.startswith(":") for x in lines) == 5:
+                    break
+    finally:
+        await client.close()
+    data = [x for x in lines if x.startswith("data:")]
+    assert len(data) == 2 and all(x == ": keep-alive" for x in lines if x.startswith(":"))
+    assert not any("never said" in x for x in lines)
+
+
+@pytest.mark.parametrize("api", ["responses", "chat"])
+async def test_a_call_that_never_finishes_meets_its_deadline_and_ends_named(
+    api: str, repo: Path, scripted: Any, fleet_factory: Any
+) -> None:
+    """A stream that trickles one word a second, or sends only keep-alive comments, never trips the read timeout;
+    [model] call_timeout ends the call, which is retried, and the agent fails (or goes on) like any fault."""
+    text = "This answer would take a long while at one word a second. " * 20
+    keepalive = {"kind": "keepalive", "after": 3, "seconds": 60, "every": 0.2}
+    agents = [
+        {"name": "trickle", "tokens_per_second": 1, "turns": [{"say": text}]},
+        {"name": "keepalive-always", "faults": [keepalive], "turns": [{"say": text}]},
+        {"name": "keepalive-once", "faults": [{**keepalive, "times": 1}], "turns": [{"say": "Answered."}]},
+    ]
+    server = scripted({"agents": agents})
+    specs = [AgentConfig(name=a["name"], task="answer", model=a["name"], policy="never") for a in agents]
+    # the read timeout (5 s) is well above the gaps of either stream, so only the call's own deadline can end
+    # them; 2 s is far more than a healthy answer here takes
+    cfg = fleet_config(repo, server, specs, api=api, max_retries=1, timeout=5.0, call_timeout=2.0)
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    assert await fleet.wait_settled(60)
+
+    for name in ("trickle", "keepalive-always"):
+        agent = fleet.get(name)
+        assert agent.status == "failed", (name, agent.status)
+        assert "did not finish within 2s ([model] call_timeout)" in agent.error, agent.error
+        assert "gave up after 1 retries" in agent.error and "stalled" not in agent.error
+        assert len(server.requests_for(name)) == 2, name
+    once = fleet.get("keepalive-once")
+    assert once.status == "idle" and not once.error
+    assert any("Answered." in line for _, line in once.log.lines)
+    assert len(server.requests_for("keepalive-once")) == 2

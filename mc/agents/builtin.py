@@ -398,13 +398,15 @@ class BuiltinRunner(Runner):
                 delay = exc.retry_after
                 if delay is None:
                     delay = min(cfg.retry_backoff * (2 ** (attempt - 1)), 30.0) * (0.8 + random.random() * 0.4)
-                self.ctx.emit(
-                    ev.ErrorEvent(
-                        agent=self.ctx.agent_id,
-                        message=f"{exc} (retry {attempt} of {cfg.max_retries})",
-                        retry_in=delay,
-                    )
-                )
+                said = f"retry {attempt} of {cfg.max_retries}"
+                if delay > cfg.max_retry_wait:  # a server may ask for an hour; the engineer decides the longest wait
+                    if exc.retry_after is not None:
+                        said += (
+                            f"; the endpoint asked to wait {exc.retry_after:g}s, "
+                            f"capped at {cfg.max_retry_wait:g}s by [model] max_retry_wait"
+                        )
+                    delay = cfg.max_retry_wait
+                self.ctx.emit(ev.ErrorEvent(agent=self.ctx.agent_id, message=f"{exc} ({said})", retry_in=delay))
                 await asyncio.sleep(delay)
                 continue
             if reply.input_tokens or reply.output_tokens:
@@ -467,12 +469,21 @@ class BuiltinRunner(Runner):
                     yield value
 
     async def _stream_once(self) -> _Reply:
-        """One model call; whatever goes wrong on the way is classified as retryable or final."""
+        """One model call, within its own deadline ([model] call_timeout: a stream that trickles or sends only
+        keep-alive comments never trips the read timeout); whatever goes wrong on the way is classified as retryable
+        or final."""
+        cfg = self.ctx.config.model
+        deadline = asyncio.timeout(cfg.call_timeout)
         try:
-            return await (self._responses() if self.api == "responses" else self._chat())
+            async with deadline:
+                return await (self._responses() if self.api == "responses" else self._chat())
         except (_Retryable, ModelFailed, asyncio.CancelledError):
             raise
         except Exception as exc:
+            if deadline.expired():  # TimeoutError, or whatever the transport made of the cancellation
+                raise _Retryable(
+                    f"{cfg.base_url} did not finish within {cfg.call_timeout:g}s ([model] call_timeout)"
+                ) from None
             raise self._classify(exc) from None
 
     async def _responses(self) -> _Reply:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FAULT_KINDS = ("429", "500", "cut", "stall", "malformed")
+FAULT_KINDS = ("429", "500", "cut", "stall", "keepalive", "malformed")
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
 
@@ -41,13 +41,16 @@ class Fault:
 
     kind: str
     """429 (rate limited, with Retry-After), 500 (server error), cut (the connection closes mid-stream),
-    stall (the stream stops for `seconds`), malformed (one SSE event carries broken JSON)."""
+    stall (the stream stops for `seconds`), keepalive (for `seconds` the stream sends only SSE comment lines,
+    one every `every` seconds, then goes on), malformed (one SSE event carries broken JSON)."""
     times: int = 0
     """Inject on the first `times` requests in this fault's scope only; 0 means on every request."""
     after: int = 3
-    """For cut, stall and malformed: how many SSE events are sent before the fault."""
+    """For cut, stall, keepalive and malformed: how many SSE events are sent before the fault."""
     seconds: float = 30.0
-    """For stall: how long the stream stops."""
+    """For stall and keepalive: how long the stream sends nothing of the answer."""
+    every: float = 1.0
+    """For keepalive: seconds between two comment lines (`: keep-alive`)."""
     retry_after: float = 1.0
     """For 429: the Retry-After header, in seconds."""
     status: int = 0
@@ -174,7 +177,9 @@ class _Checker:
         return value
 
     def fault(self, data: Any, where: str) -> Fault:
-        data = self.keys(data, where, ("kind", "times", "after", "seconds", "retry_after", "status", "message"))
+        data = self.keys(
+            data, where, ("kind", "times", "after", "seconds", "every", "retry_after", "status", "message")
+        )
         kind = data.get("kind")
         kind = str(kind) if isinstance(kind, (int, str)) and not isinstance(kind, bool) else kind
         if kind not in FAULT_KINDS:
@@ -182,11 +187,14 @@ class _Checker:
         status = self.value(data, "status", where, int, 0)
         if status and not 400 <= status <= 599:
             raise self.fail(f"{where}.status", f"{status}: must be an HTTP error status (400-599)")
+        if "every" in data and self.value(data, "every", where, float, 1.0) <= 0:
+            raise self.fail(f"{where}.every", "must be more than 0 (seconds between two comments)")
         return Fault(
             kind=kind,
             times=self.value(data, "times", where, int, 0),
             after=self.value(data, "after", where, int, 3),
             seconds=self.value(data, "seconds", where, float, 30.0),
+            every=self.value(data, "every", where, float, 1.0),
             retry_after=self.value(data, "retry_after", where, float, 1.0),
             status=status,
             message=self.value(data, "message", where, str, ""),

@@ -348,7 +348,7 @@ class ScriptedServer:
             return True
         if fault and fault.kind == "cut":
             raise _Cut
-        if fault and fault.kind == "stall":
+        if fault and fault.kind in ("stall", "keepalive"):  # a plain answer cannot carry comments
             await asyncio.sleep(fault.seconds)
         pieces = len(split_words(reply.text)) + sum(len(split_words(c[3])) for c in reply.calls)
         if rate > 0:
@@ -428,7 +428,7 @@ class ScriptedServer:
         sse = ChunkedSSE(writer)
         await sse.start()
         sent = 0
-        pending = fault if fault and fault.kind in ("cut", "stall", "malformed") else None
+        pending = fault if fault and fault.kind in ("cut", "stall", "keepalive", "malformed") else None
 
         async def inject(name: str | None) -> None:
             assert pending is not None
@@ -437,6 +437,11 @@ class ScriptedServer:
                 raise _Cut
             if pending.kind == "stall":
                 await asyncio.sleep(pending.seconds)
+            elif pending.kind == "keepalive":  # bytes keep coming, but nothing of an answer
+                end = asyncio.get_running_loop().time() + pending.seconds
+                while (left := end - asyncio.get_running_loop().time()) > 0:
+                    await sse.send_raw(b": keep-alive\n\n")
+                    await asyncio.sleep(min(pending.every, left))
             else:
                 await sse.event('{"type": "' + (name or "chunk") + '", "delta": "unterminated', event=name)
 
