@@ -1,69 +1,32 @@
-"""The claude runner through the real Fleet, against tests/fakes/fake_claude.py: a stand-in CLI that speaks
-Claude Code's recorded stream-json protocol (the real CLI cannot be pointed at a local model)."""
+"""The claude runner, for real: the Claude Code CLI (from .cache/npm, scripts/install-tools.sh) driven by the
+Fleet, talking to the scripted server's Anthropic Messages endpoint on 127.0.0.1. The scripted "model" calls
+Claude Code's own tools (Bash); Claude Code asks through its can_use_tool control requests; our approve and
+deny decide whether the command runs. HOME is a scratch folder and Claude Code's updater, telemetry and
+other traffic are off, so nothing leaves 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
+import os
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 
+from mc import events as ev
 from mc import procs
+from mc.agents import claude
 from mc.agents.claude import CONTINUE, describe, kind_of, remember_key
 from mc.config import AgentConfig
 from tests.conftest import fleet_config
 
-FAKE = Path(__file__).resolve().parent / "fakes" / "fake_claude.py"
-FAKE_CMD = f"{sys.executable} {FAKE}"
-NO_SERVER = SimpleNamespace(base_url="http://127.0.0.1:9/v1")
+pytestmark = pytest.mark.timeout(60)
 
-
-@pytest.fixture
-def fake_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "fake-claude.jsonl"
-    monkeypatch.setenv("FAKE_CLAUDE_LOG", str(path))
-    return path
-
-
-def received(log: Path) -> list[dict[str, Any]]:
-    """Everything the fake got: {"argv": …} per start, {"received": message} per line of stdin."""
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines()]
-
-
-def starts(log: Path) -> list[list[str]]:
-    return [entry["argv"] for entry in received(log) if "argv" in entry]
-
-
-def messages(log: Path, kind: str) -> list[dict[str, Any]]:
-    return [e["received"] for e in received(log) if "received" in e and e["received"].get("type") == kind]
-
-
-def log_text(fleet: Any, name: str) -> str:
-    return "\n".join(text for _kind, text in fleet.get(name).log.tail(10_000))
-
-
-async def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def claude(name: str, task: str, **kw: Any) -> AgentConfig:
-    return AgentConfig(name=name, task=task, runner="claude", command=kw.pop("command", FAKE_CMD), **kw)
-
-
-async def open_fleet(fleet_factory: Any, repo: Path, *agents: AgentConfig) -> Any:
-    return await fleet_factory(fleet_config(repo, NO_SERVER, list(agents)))
+BINARY = claude.claude_binary()
 
 
 def test_tool_kinds_keys_and_details() -> None:
@@ -84,197 +47,363 @@ def test_tool_kinds_keys_and_details() -> None:
     assert detail.splitlines() == ["--- a.py", "+++ a.py", "@@", "-x = 1", "+x = 2"]
 
 
-async def test_approved_command_runs_and_the_turn_is_logged(repo, fake_log, fleet_factory) -> None:
-    fleet = await open_fleet(fleet_factory, repo, claude("c", "run: echo approved > made.txt"))
-    await fleet.spawn_configured()
-    await wait_for(lambda: fleet.get("c").pending, what="the approval")
-    agent = fleet.get("c")
-    assert agent.status == "waiting"
-    req = agent.oldest_pending()
-    assert (req.tool, req.kind) == ("Bash", "command")
-    assert req.detail.startswith("echo approved > made.txt")
-    assert not (Path(agent.worktree) / "made.txt").exists()
-    await fleet.approve("c")
-    assert await fleet.wait_settled(30)
-    assert agent.status == "idle", agent.status_reason
-    assert (Path(agent.worktree) / "made.txt").read_text() == "approved\n"
-    diff = await fleet.refresh_diff("c")
-    assert [f.path for f in diff.files] == ["made.txt"]
-    assert agent.runner_state["session_id"].startswith("sess-")
-    assert (agent.input_tokens, agent.output_tokens) == (150, 40)
-    text = log_text(fleet, "c")
-    assert "I will run echo approved > made.txt." in text and "Ran it: exit 0." in text
-    assert "$ echo approved > made.txt" in text
-    argv = starts(fake_log)[0]
-    assert " ".join(argv[:8]) == (
-        "-p --output-format stream-json --input-format stream-json --verbose --permission-prompt-tool stdio"
-    )
-    assert [m["request"]["subtype"] for m in messages(fake_log, "control_request")] == ["initialize"]
-    answer = messages(fake_log, "control_response")[0]["response"]
-    assert answer["response"] == {
-        "behavior": "allow",
-        "updatedInput": {"command": "echo approved > made.txt", "description": "run what was asked"},
-    }
-
-
-async def test_denied_command_does_not_run_and_claude_gets_the_reason(repo, fake_log, fleet_factory) -> None:
-    fleet = await open_fleet(fleet_factory, repo, claude("d", "run: touch denied.txt"))
-    await fleet.spawn_configured()
-    await wait_for(lambda: fleet.get("d").pending, what="the approval")
-    await fleet.deny("d", reason="not in this repository")
-    assert await fleet.wait_settled(30)
-    agent = fleet.get("d")
-    assert agent.status == "idle"
-    assert not (Path(agent.worktree) / "denied.txt").exists()
-    answer = messages(fake_log, "control_response")[0]["response"]["response"]
-    assert answer["behavior"] == "deny"
-    assert answer["message"] == "The engineer denied this call. Their reason: not in this repository"
-    assert "Not run. Denied with: The engineer denied this call. Their reason: not in this repository" in log_text(
-        fleet, "d"
-    )
-
-
-async def test_approve_all_lets_the_same_command_run_without_asking(repo, fake_log, fleet_factory) -> None:
-    fleet = await open_fleet(fleet_factory, repo, claude("a", "run: git status"))
-    await fleet.spawn_configured()
-    await wait_for(lambda: fleet.get("a").pending, what="the approval")
-    await fleet.approve("a", remember=True)
-    assert await fleet.wait_settled(30)
-    await fleet.redirect("a", "run: git status --short")
-    assert await fleet.wait_settled(30)
-    agent = fleet.get("a")
-    assert agent.status == "idle" and not agent.pending
-    assert "command:git status" in agent.remembered
-    assert len(messages(fake_log, "control_response")) == 2  # the second was allowed without a question
-    assert log_text(fleet, "a").count("Ran it: exit 0.") == 2
-
-
-async def test_policy_never_answers_at_once(repo, fake_log, fleet_factory) -> None:
-    fleet = await open_fleet(fleet_factory, repo, claude("n", "write: free.txt", policy="never"))
-    await fleet.spawn_configured()
-    assert await fleet.wait_settled(30)
-    agent = fleet.get("n")
-    assert agent.status == "idle"
-    assert (Path(agent.worktree) / "free.txt").read_text() == "written\n"
-
-
-async def test_redirect_interrupts_the_turn_and_reaches_the_same_process(repo, fake_log, fleet_factory) -> None:
-    fleet = await open_fleet(fleet_factory, repo, claude("r", "sleep: 60"))
-    await fleet.spawn_configured()
-    await wait_for(lambda: "Working on it." in log_text(fleet, "r"), what="the long turn")
-    await fleet.redirect("r", "new plan please")
-    assert await fleet.wait_settled(30)
-    assert fleet.get("r").status == "idle"
-    assert "echo: new plan please" in log_text(fleet, "r")
-    assert "Finished working." not in log_text(fleet, "r")
-    assert len(starts(fake_log)) == 1
-    assert [m["request"]["subtype"] for m in messages(fake_log, "control_request")] == ["initialize", "interrupt"]
-    users = [m["message"]["content"] for m in messages(fake_log, "user")]
-    assert users == ["sleep: 60", "new plan please"]
-
-
-async def test_redirect_while_waiting_denies_the_question(repo, fake_log, fleet_factory) -> None:
-    fleet = await open_fleet(fleet_factory, repo, claude("w", "run: touch never.txt"))
-    await fleet.spawn_configured()
-    await wait_for(lambda: fleet.get("w").pending, what="the approval")
-    await fleet.redirect("w", "forget it")
-    assert await fleet.wait_settled(30)
-    agent = fleet.get("w")
-    assert agent.status == "idle" and not agent.pending
-    assert not (Path(agent.worktree) / "never.txt").exists()
-    answer = messages(fake_log, "control_response")[0]["response"]["response"]
-    assert answer["behavior"] == "deny" and "new instruction" in answer["message"]
-    assert "echo: forget it" in log_text(fleet, "w")
-
-
-async def test_interrupt_then_resume_continues_the_session(repo, fake_log, fleet_factory) -> None:
-    fleet = await open_fleet(fleet_factory, repo, claude("i", "sleep: 60"))
-    await fleet.spawn_configured()
-    await wait_for(lambda: "Working on it." in log_text(fleet, "i"), what="the long turn")
-    session = fleet.get("i").runner_state["session_id"]
-    await fleet.interrupt("i")
-    assert fleet.get("i").status == "interrupted"
-    assert procs.find_tagged(fleet._tag("i")) == []
-    await fleet.resume("i")
-    assert await fleet.wait_settled(30)
-    assert fleet.get("i").status == "idle"
-    assert starts(fake_log)[1][-1] == f"--resume={session}"
-    text = log_text(fleet, "i")
-    assert f"(resumed session {session})" in text and f"echo: {CONTINUE}" in text
-
-
-async def test_restart_resumes_with_the_session_id(repo, fake_log, fleet_factory) -> None:
-    cfg = fleet_config(repo, NO_SERVER, [claude("s", "hello")])
-    fleet = await fleet_factory(cfg)
-    await fleet.spawn_configured()
-    assert await fleet.wait_settled(30)
-    session = fleet.get("s").runner_state["session_id"]
-    await fleet.close()
-
-    again = await fleet_factory(cfg)
-    assert again.get("s").runner_state["session_id"] == session
-    await again.redirect("s", "after the restart")
-    assert await again.wait_settled(30)
-    assert again.get("s").status == "idle"
-    assert starts(fake_log)[1][-1] == f"--resume={session}"
-    assert "echo: after the restart" in log_text(again, "s")
-
-
-async def test_restart_while_waiting_leaves_the_agent_resumable(repo, fake_log, fleet_factory) -> None:
-    cfg = fleet_config(repo, NO_SERVER, [claude("q", "run: touch later.txt")])
-    fleet = await fleet_factory(cfg)
-    await fleet.spawn_configured()
-    await wait_for(lambda: fleet.get("q").pending, what="the approval")
-    await fleet.close()
-
-    again = await fleet_factory(cfg)
-    agent = again.get("q")
-    assert agent.status == "interrupted" and not agent.pending
-    await again.resume("q")
-    assert await again.wait_settled(30)
-    assert agent.status == "idle"
-    assert starts(fake_log)[1][-1].startswith("--resume=sess-")
-
-
-async def test_kill_leaves_no_process(repo, fake_log, fleet_factory) -> None:
-    marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
-    fleet = await open_fleet(
-        fleet_factory, repo, claude("k", f"run: setsid sleep {marker} >/dev/null 2>&1 &", policy="never")
-    )
-    await fleet.spawn_configured()
-    assert await fleet.wait_settled(30)
-    await fleet.redirect("k", "sleep: 60")
-    await wait_for(lambda: "Working on it." in log_text(fleet, "k"), what="the long turn")
-
-    def ours() -> list[str]:
-        out = subprocess.run(["ps", "-ww", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True).stdout
-        return [ln for ln in out.splitlines() if (f"sleep {marker}" in ln or str(FAKE) in ln) and " Z" not in ln]
-
-    assert len(ours()) == 2
-    await fleet.kill("k")
-    assert fleet.get("k").status == "killed"
-    assert procs.find_tagged(fleet._tag("k")) == []
-    assert ours() == []
-
-
 async def test_missing_executable_fails_with_what_to_do(repo, tmp_path, fleet_factory, monkeypatch) -> None:
-    monkeypatch.setenv("MC_CLAUDE_BIN", str(tmp_path / "no-such-claude"))
-    fleet = await open_fleet(fleet_factory, repo, claude("m", "hello", command=""))
+    monkeypatch.setenv(claude.BIN_ENV, str(tmp_path / "no-such-claude"))
+    server = SimpleServer()
+    fleet = await fleet_factory(fleet_config(repo, server, [AgentConfig(name="m", task="hello", runner="claude")]))
     await fleet.spawn_configured()
     agent = fleet.get("m")
     assert agent.status == "failed"
-    assert "Claude Code not found" in agent.status_reason and "npm install" in agent.status_reason
+    assert "Claude Code not found" in agent.status_reason and "install-tools.sh" in agent.status_reason
 
 
-async def test_crash_fails_with_its_stderr(repo, fake_log, fleet_factory, tmp_path, monkeypatch) -> None:
-    launcher = tmp_path / "claude"
-    launcher.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} "$@"\n')
-    launcher.chmod(0o755)
-    monkeypatch.setenv("MC_CLAUDE_BIN", str(launcher))
-    fleet = await open_fleet(fleet_factory, repo, claude("x", "crash", command=""))
+class SimpleServer:
+    base_url = "http://127.0.0.1:9/v1"
+
+
+# -- the real CLI ------------------------------------------------------------------------------------
+
+needs_cli = pytest.mark.skipif(BINARY is None, reason="claude is not installed: run scripts/install-tools.sh")
+
+RUN = "echo made > made.txt && echo wrote it"
+
+
+def bash(command: str, description: str = "run what was asked") -> dict[str, Any]:
+    return {"tool": "Bash", "args": {"command": command, "description": description}}
+
+
+def run_scenario(name: str, command: str = RUN) -> dict[str, Any]:
+    return {
+        "name": name,
+        "turns": [
+            {"say": "I will run it.", **bash(command)},
+            {"when_tool_output_contains": "wrote it", "say": "Ran it: {output_last_line}."},
+            {"say": "Not run: {output_last_line}"},
+        ],
+    }
+
+
+def long_turn(name: str, lines: int = 400, rate: float = 40.0) -> dict[str, Any]:
+    """An answer that streams for lines * 5 / rate seconds, then a turn that answers a redirect."""
+    return {
+        "name": name,
+        "turns": [
+            {"say": "Working on line {n} of the answer.", "repeat": lines, "tokens_per_second": rate},
+            {"when_user_contains": "new plan", "say": "Switching to the new plan."},
+            {"say": "Picked up where I left off."},
+        ],
+    }
+
+
+@pytest.fixture
+def serve(scripted: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """serve(agent, ...) starts the scripted server and points Claude Code at it, with a scratch HOME."""
+    for name in [n for n in os.environ if n.startswith(("ANTHROPIC_", "CLAUDE_"))]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("DISABLE_AUTOUPDATER", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_TELEMETRY"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("DISABLE_ERROR_REPORTING", "1")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-real")
+    monkeypatch.setenv(claude.BIN_ENV, BINARY or "")
+
+    def start(*agents: dict[str, Any]) -> Any:
+        server = scripted({"agents": list(agents)})
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{server.port}")
+        return server
+
+    return start
+
+
+async def until(check: Callable[[], bool], fleet: Any, timeout: float = 30.0) -> None:
+    """Wait until `check()` holds; fail with every agent's state otherwise."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            state = {a.name: (a.status, a.error, a.log.tail(8)) for a in fleet.list()}
+            raise AssertionError(f"condition not reached within {timeout:g}s: {state}")
+        await asyncio.sleep(0.05)
+
+
+def agent_config(name: str, task: str, **kw: Any) -> AgentConfig:
+    return AgentConfig(name=name, task=task, runner="claude", model=name, **kw)
+
+
+async def spawn(fleet_factory: Any, repo: Path, server: Any, spec: AgentConfig) -> tuple[Any, list[Any]]:
+    fleet = await fleet_factory(fleet_config(repo, server, [spec]))
+    events: list[Any] = []
+    fleet.add_listener(events.append)
     await fleet.spawn_configured()
-    assert await fleet.wait_settled(30)
-    agent = fleet.get("x")
-    assert agent.status == "failed"
-    assert "exited with status 3" in agent.status_reason
-    assert "fatal: the fake was told to crash" in agent.status_reason
+    return fleet, events
+
+
+def log_text(fleet: Any, name: str) -> str:
+    return "\n".join(text for _kind, text in fleet.get(name).log.tail(10_000))
+
+
+def claude_pids(tag: str) -> list[int]:
+    """The Claude Code processes among an agent's tagged ones."""
+    out = []
+    for pid in procs.find_tagged(tag):
+        try:
+            if Path(psutil.Process(pid).exe()).name.startswith("claude"):
+                out.append(pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+@needs_cli
+async def test_approve_runs_the_command_and_the_turn_is_logged(repo, serve, fleet_factory) -> None:
+    server = serve(run_scenario("cl-yes"))
+    fleet, events = await spawn(fleet_factory, repo, server, agent_config("cl-yes", "Create made.txt"))
+    agent = fleet.get("cl-yes")
+    await until(lambda: bool(agent.pending) or agent.status == "failed", fleet)
+    assert agent.status == "waiting", agent.error
+    request = agent.oldest_pending()
+    assert (request.tool, request.kind) == ("Bash", "command")
+    assert request.detail.startswith(RUN) and request.remember_key == f"command:{RUN}"  # compound: exact
+    worktree = Path(agent.worktree)
+    assert not (worktree / "made.txt").exists()  # nothing ran before the decision
+    await fleet.approve("cl-yes")
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    assert (worktree / "made.txt").read_text() == "made\n"
+    assert not (repo / "made.txt").exists()
+    assert agent.runner_state["session_id"]
+    assert agent.input_tokens > 0 and agent.output_tokens > 0
+    text = log_text(fleet, "cl-yes")
+    assert "I will run it." in text and "Ran it: wrote it." in text
+    result = next(e for e in events if isinstance(e, ev.ToolResult))
+    assert result.ok and "wrote it" in result.output
+    # The model saw the command's real output, and was offered Claude Code's own tools.
+    assert server.requests[-1].tool_outputs() == ["wrote it"]
+    assert {"Bash", "Write", "Edit", "Read"} <= set(server.requests[0].tools())
+    assert {r.path for r in server.requests} == {"/v1/messages"}
+
+
+@needs_cli
+async def test_deny_with_reason_reaches_the_model(repo, serve, fleet_factory) -> None:
+    server = serve(run_scenario("cl-no"))
+    fleet, _ = await spawn(fleet_factory, repo, server, agent_config("cl-no", "Create made.txt"))
+    agent = fleet.get("cl-no")
+    await until(lambda: bool(agent.pending) or agent.status == "failed", fleet)
+    await fleet.deny("cl-no", reason="not in this repository")
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    assert not (Path(agent.worktree) / "made.txt").exists()
+    reason = "The engineer denied this call. Their reason: not in this repository"
+    assert server.requests[-1].tool_outputs() == [reason]
+    assert f"Not run: {reason}" in log_text(fleet, "cl-no")
+
+
+@needs_cli
+async def test_approve_all_lets_the_same_command_run_without_asking(repo, serve, fleet_factory) -> None:
+    server = serve(
+        {
+            "name": "cl-all",
+            "turns": [
+                {"say": "Touching.", **bash("touch one.txt")},
+                {"say": "Touched."},
+                {"when_user_contains": "again", "say": "Touching again.", **bash("touch two.txt")},
+                {"say": "Touched again."},
+            ],
+        }
+    )
+    fleet, events = await spawn(fleet_factory, repo, server, agent_config("cl-all", "Touch the files"))
+    agent = fleet.get("cl-all")
+    await until(lambda: bool(agent.pending) or agent.status == "failed", fleet)
+    assert agent.oldest_pending().remember_key == "command:touch"
+    await fleet.approve("cl-all", remember=True)
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    await fleet.redirect("cl-all", "touch again")
+    await until(lambda: "Touched again." in log_text(fleet, "cl-all") or agent.status == "failed", fleet)
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    assert "command:touch" in agent.remembered
+    assert sum(isinstance(e, ev.ApprovalRequested) for e in events) == 1  # the second ran without a question
+    assert sorted(p.name for p in Path(agent.worktree).glob("*.txt")) == ["one.txt", "two.txt"]
+
+
+@needs_cli
+async def test_text_streams_live_while_the_turn_runs(repo, serve, fleet_factory) -> None:
+    lines = 60
+    server = serve(long_turn("cl-live", lines=lines, rate=150.0))  # 300 words in about 2 s
+    fleet, events = await spawn(fleet_factory, repo, server, agent_config("cl-live", "Write a long answer"))
+    agent = fleet.get("cl-live")
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    done = next(i for i, e in enumerate(events) if isinstance(e, ev.StatusChanged) and e.status == "idle")
+    deltas = [e.text for e in events[:done] if isinstance(e, ev.TextDelta)]
+    expected = "\n".join(f"Working on line {n} of the answer." for n in range(1, lines + 1))
+    assert "".join(deltas) == expected  # every character, once
+    assert len(deltas) >= 5, f"the answer came in {len(deltas)} pieces: not live"
+    assert len(deltas) < lines * 5  # coalesced, not one event per word
+    messages = [e.text for e in events if isinstance(e, ev.AssistantMessage)]
+    assert messages == [expected]
+    assert log_text(fleet, "cl-live").count("Working on line 60 of the answer.") == 1
+
+
+@needs_cli
+async def test_redirect_interrupts_the_turn_and_reaches_the_same_process(repo, serve, fleet_factory) -> None:
+    server = serve(long_turn("cl-redir"))
+    fleet, _ = await spawn(fleet_factory, repo, server, agent_config("cl-redir", "Write a long answer"))
+    agent = fleet.get("cl-redir")
+    tag = fleet._tag(agent.id)
+    await until(lambda: "Working on line 2 " in log_text(fleet, "cl-redir") or agent.status == "failed", fleet)
+    before = claude_pids(tag)
+    assert len(before) == 1
+    await fleet.redirect("cl-redir", "new plan please")
+    await until(lambda: "Switching to the new plan." in log_text(fleet, "cl-redir") or agent.status == "failed", fleet)
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    assert claude_pids(tag) == before
+    assert "Working on line 400 " not in log_text(fleet, "cl-redir")
+    last = server.requests[-1]
+    assert last.turn == 1 and any("new plan please" in text for text in last.user_texts())
+    assert any("Write a long answer" in text for text in last.user_texts())
+
+
+@needs_cli
+async def test_interrupt_stops_the_process_and_resume_continues_the_session(repo, serve, fleet_factory) -> None:
+    server = serve(long_turn("cl-int"))
+    fleet, _ = await spawn(fleet_factory, repo, server, agent_config("cl-int", "Write a long answer"))
+    agent = fleet.get("cl-int")
+    tag = fleet._tag(agent.id)
+    await until(lambda: "Working on line 2 " in log_text(fleet, "cl-int") or agent.status == "failed", fleet)
+    session = agent.runner_state["session_id"]
+    await fleet.interrupt("cl-int")
+    assert agent.status == "interrupted"
+    assert procs.find_tagged(tag) == []
+    await fleet.resume("cl-int")
+    await until(lambda: "Picked up where I left off." in log_text(fleet, "cl-int") or agent.status == "failed", fleet)
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    assert agent.runner_state["session_id"] == session
+    last = server.requests[-1]
+    assert any(CONTINUE in text for text in last.user_texts())
+    assert any("Write a long answer" in text for text in last.user_texts())  # the session's history came back
+
+
+@needs_cli
+async def test_restart_resumes_the_session(repo, serve, fleet_factory) -> None:
+    server = serve(
+        {
+            "name": "cl-again",
+            "turns": [{"say": "Hello."}, {"when_user_contains": "after the restart", "say": "Still here."}],
+        }
+    )
+    cfg = fleet_config(repo, server, [agent_config("cl-again", "Say hello")])
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    agent = fleet.get("cl-again")
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    session = agent.runner_state["session_id"]
+    await fleet.close()
+
+    again = await fleet_factory(cfg)
+    agent = again.get("cl-again")
+    assert agent.runner_state["session_id"] == session
+    await again.redirect("cl-again", "after the restart")
+    await until(lambda: agent.status in ("idle", "failed") and "Still here." in log_text(again, "cl-again"), again)
+    assert agent.status == "idle", agent.error
+    assert agent.runner_state["session_id"] == session
+    texts = server.requests[-1].user_texts()
+    assert any("Say hello" in t for t in texts) and any("after the restart" in t for t in texts)
+
+
+@needs_cli
+async def test_restart_while_waiting_leaves_the_agent_resumable(repo, serve, fleet_factory) -> None:
+    server = serve(
+        {
+            "name": "cl-wait",
+            "turns": [
+                {"say": "I will run it.", **bash(RUN)},
+                {"when_user_contains": CONTINUE, "say": "Trying again.", **bash(RUN)},
+                {"when_tool_output_contains": "wrote it", "say": "Ran it: {output_last_line}."},
+            ],
+        }
+    )
+    cfg = fleet_config(repo, server, [agent_config("cl-wait", "Create made.txt")])
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    await until(lambda: bool(fleet.get("cl-wait").pending) or fleet.get("cl-wait").status == "failed", fleet)
+    await fleet.close()
+
+    again = await fleet_factory(cfg)
+    agent = again.get("cl-wait")
+    assert agent.status == "interrupted" and not agent.pending
+    await again.resume("cl-wait")
+    await until(lambda: bool(agent.pending) or agent.status in ("idle", "failed"), again)
+    assert agent.status == "waiting", agent.error  # the resumed session asks again, through the new process
+    assert server.requests[-1].tool_outputs()  # Claude Code told the model the first call never ran
+    await again.approve("cl-wait")
+    await until(lambda: agent.status in ("idle", "failed"), again)
+    assert agent.status == "idle", agent.error
+    assert (Path(agent.worktree) / "made.txt").read_text() == "made\n"
+
+
+@needs_cli
+async def test_kill_leaves_no_process(repo, serve, fleet_factory) -> None:
+    marker = uuid.uuid4().int % 10**6 + 10**6
+    command = f"(setsid sleep {marker} >/dev/null 2>&1 &); sleep {marker + 1}; echo wrote it"
+    server = serve(run_scenario("cl-kill", command=command))
+    fleet, _ = await spawn(fleet_factory, repo, server, agent_config("cl-kill", "Sleep", policy="never"))
+    agent = fleet.get("cl-kill")
+    tag = fleet._tag(agent.id)
+
+    def sleepers() -> list[psutil.Process]:
+        """The two sleeps the command started (one escaped with setsid), zombies left out."""
+        wanted = (["sleep", str(marker)], ["sleep", str(marker + 1)])
+        return [
+            proc
+            for proc in psutil.process_iter(["cmdline", "status"])
+            if (proc.info["cmdline"] or [])[-2:] in wanted and proc.info["status"] != psutil.STATUS_ZOMBIE
+        ]
+
+    await until(lambda: len(sleepers()) == 2 or agent.status == "failed", fleet)
+    assert agent.status == "running", agent.error
+    cli = claude_pids(tag)
+    assert len(cli) == 1
+    await fleet.kill("cl-kill")
+    assert agent.status == "killed"
+    assert procs.find_tagged(tag) == []
+    assert sleepers() == []
+    assert not psutil.pid_exists(cli[0]) or psutil.Process(cli[0]).status() == psutil.STATUS_ZOMBIE
+
+
+@needs_cli
+async def test_lost_session_fails_once_and_resume_starts_a_new_one(repo, serve, fleet_factory, tmp_path) -> None:
+    server = serve({"name": "cl-lost", "turns": [{"say": "Hello."}]})
+    cfg = fleet_config(repo, server, [agent_config("cl-lost", "Say hello")])
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    await until(lambda: fleet.get("cl-lost").status in ("idle", "failed"), fleet)
+    assert fleet.get("cl-lost").status == "idle", fleet.get("cl-lost").error
+    await fleet.close()
+    transcripts = list((tmp_path / "home" / ".claude" / "projects").rglob("*.jsonl"))
+    assert transcripts
+    for transcript in transcripts:
+        transcript.unlink()  # Claude Code's record of the session is gone
+
+    again = await fleet_factory(cfg)
+    agent = again.get("cl-lost")
+    events: list[Any] = []
+    again.add_listener(events.append)
+    session = agent.runner_state["session_id"]
+    await again.redirect("cl-lost", "are you there?")
+    await until(lambda: agent.status == "failed", again)
+    assert agent.error == (
+        f"Claude Code no longer has session {session} (its transcript is gone): "
+        "resume or redirect to start a new session"
+    )
+    await again.resume("cl-lost")  # at once: the process that failed may still be on its way out
+    await until(lambda: agent.status in ("idle", "failed"), again)
+    assert agent.status == "idle", agent.error
+    assert sum(isinstance(e, ev.StatusChanged) and e.status == "failed" for e in events) == 1
+    assert agent.runner_state["session_id"] not in ("", session)
+    assert server.requests[-1].user_texts()[-1].endswith("are you there?")

@@ -768,3 +768,32 @@ async def test_messages_count_tokens(serve) -> None:
         body = {"model": "cl", "messages": [{"role": "user", "content": "three small words"}]}
         response = await c.post("/v1/messages/count_tokens", json=body)
     assert response.status_code == 200 and response.json() == {"input_tokens": 3}
+
+
+async def test_messages_claude_codes_placeholder_for_an_unanswered_turn_is_no_turn(serve) -> None:
+    server = await serve(
+        {
+            "agents": [
+                {
+                    "name": "cl",
+                    "turns": [
+                        {"say": "I will run it.", "tool": "Bash", "args": {"command": "true"}},
+                        {"when_user_contains": "continue", "say": "Trying again.", "tool": "Bash", "args": {}},
+                        {"say": "Out of script."},
+                    ],
+                }
+            ]
+        }
+    )
+    call = {"type": "tool_use", "id": "call_t0_0_abc", "name": "Bash", "input": {"command": "true"}}
+    cut_off = {"type": "tool_result", "tool_use_id": "call_t0_0_abc", "content": "[cut off]", "is_error": True}
+    conversation = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": [{"type": "text", "text": "I will run it."}, call]},
+        {"role": "user", "content": [cut_off]},
+        {"role": "assistant", "content": [{"type": "text", "text": "No response requested."}]},
+        {"role": "user", "content": "Continue where you left off."},
+    ]
+    response = await post_messages(server, anthropic_body("cl", conversation))
+    assert response.json()["content"][0] == {"type": "text", "text": "Trying again."}
+    assert server.requests[0].turn == 1

@@ -1,10 +1,11 @@
 """The claude runner: Claude Code in SDK mode, one long-lived process per agent.
 
-``claude -p --output-format stream-json --input-format stream-json --verbose --permission-prompt-tool stdio``
-reads user messages and control messages on stdin and writes one JSON object per line on stdout:
-``system`` (``init``, with the session id), ``assistant`` (``text`` and ``tool_use`` blocks), ``user``
-(``tool_result`` blocks), ``result`` (the end of a turn, with usage) and ``control_request``
-``can_use_tool`` — its permission questions, which become our approvals.
+``claude -p --output-format stream-json --input-format stream-json --verbose --permission-prompt-tool stdio
+--include-partial-messages`` reads user messages and control messages on stdin and writes one JSON object per
+line on stdout: ``system`` (``init``, with the session id), ``stream_event`` (the model's raw stream:
+``content_block_delta`` ``text_delta`` is the text as it arrives), ``assistant`` (each complete ``text`` or
+``tool_use`` block), ``user`` (``tool_result`` blocks), ``result`` (the end of a turn, with usage) and
+``control_request`` ``can_use_tool`` — its permission questions, which become our approvals.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import json
 import os
 import re
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
 from mc import events as ev
 from mc import procs
+from mc.agents._stdio import find_binary
 from mc.agents.base import Runner, RunnerContext, RunnerError, needs_approval
 from mc.tools import command_key
 
@@ -34,10 +37,11 @@ SDK_ARGS = (
     "--verbose",
     "--permission-prompt-tool",
     "stdio",
+    "--include-partial-messages",
 )
 INSTALL_HINT = (
-    "install Claude Code (npm install -g @anthropic-ai/claude-code), or point MC_CLAUDE_BIN or the agent's "
-    "command at it"
+    "install Claude Code (scripts/install-tools.sh, or npm install -g @anthropic-ai/claude-code), or point "
+    "MC_CLAUDE_BIN or the agent's command at it"
 )
 #: What resume says to a session that was interrupted.
 CONTINUE = "Continue with the task where you left off."
@@ -49,6 +53,11 @@ MAX_RESULT = 20_000
 STDERR_TAIL = 2000
 #: Seconds to wait for Claude Code to acknowledge an interrupt, and for the interrupted turn to end.
 INTERRUPT_WAIT = 5.0
+
+#: What Claude Code says when --resume names a session whose transcript it no longer has.
+LOST_SESSION = "No conversation found with session ID"
+#: Seconds of streamed text gathered into one TextDelta.
+TEXT_INTERVAL = 0.05
 
 WRITE_TOOLS = frozenset({"Edit", "Write", "MultiEdit", "NotebookEdit"})
 READ_TOOLS = frozenset({"Read", "Glob", "Grep", "LS", "NotebookRead", "TodoWrite"})
@@ -141,13 +150,52 @@ def result_text(content: Any) -> str:
     return "" if content is None else json.dumps(content)
 
 
+def claude_binary() -> str | None:
+    """The Claude Code executable: $MC_CLAUDE_BIN, else PATH, else the project-local npm install."""
+    return find_binary("claude", BIN_ENV)
+
+
+class _TextStream:
+    """Streamed text → one TextDelta per ~50 ms, the rest flushed by a timer or before any other event, so
+    the log is live and in order without an event per word."""
+
+    def __init__(self, ctx: RunnerContext) -> None:
+        self.ctx = ctx
+        self.parts: list[str] = []
+        self.since = 0.0
+        self.streamed = False  # text arrived in deltas since the last complete text block
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        self.streamed = True
+        now = time.monotonic()
+        if not self.parts:
+            self.since = now
+            self._timer = asyncio.get_running_loop().call_later(TEXT_INTERVAL, self.flush)
+        self.parts.append(text)
+        if now - self.since >= TEXT_INTERVAL:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.parts:
+            self.ctx.emit(ev.TextDelta(agent=self.ctx.agent_id, text="".join(self.parts)))
+            self.parts = []
+
+
 class ClaudeRunner(Runner):
     """Drives Claude Code over its stream-json SDK protocol.
 
     * Executable: ``[[agents]] command`` when set (e.g. ``"npx @anthropic-ai/claude-code"``), else
-      ``$MC_CLAUDE_BIN``, else ``claude``; the SDK arguments are appended, and ``--model`` when the agent
-      names a model. It runs in the worktree with mission control's environment (its login or
-      ``ANTHROPIC_API_KEY``).
+      ``$MC_CLAUDE_BIN``, else ``claude`` on PATH or in .cache/npm; the SDK arguments are appended, and
+      ``--model`` when the agent names a model. It runs in the worktree with mission control's environment
+      (its login or ``ANTHROPIC_API_KEY``, and ``ANTHROPIC_BASE_URL`` when set).
+    * Text streams: the partial messages' text deltas reach the log as they arrive (coalesced), and the
+      complete block ends the reply.
     * Permission questions (``can_use_tool``) go through our approval policy: the ones it lets run are
       answered at once, the others wait as approvals. Claude Code's own settings may allow a call
       before it asks (reads, usually): those only show in the log.
@@ -172,7 +220,9 @@ class ClaudeRunner(Runner):
         self._counter = 0
         self._expect_exit = False  # we stop the process: its exit is no failure
         self._quiet = False  # an interrupt is under way: its result is no "turn done"
+        self._broken = False  # the process reported a failure: the next message starts a new one
         self._last_text = ""
+        self._text = _TextStream(ctx)
 
     # -- protocol ----------------------------------------------------------------------------------
     @property
@@ -257,7 +307,7 @@ class ClaudeRunner(Runner):
     def argv(self) -> list[str]:
         """The command line that starts Claude Code for this agent."""
         spec = self.ctx.spec
-        base = shlex.split(spec.command) if spec.command.strip() else [os.environ.get(BIN_ENV) or "claude"]
+        base = shlex.split(spec.command) if spec.command.strip() else [claude_binary() or "claude"]
         args = [*base, *SDK_ARGS]
         model = self.ctx.agent.model or spec.model
         if model:
@@ -282,6 +332,7 @@ class ClaudeRunner(Runner):
         self._proc = proc
         self._stderr = ""
         self._expect_exit = False
+        self._broken = False
         self._spawn_task(self._read(proc))
         self._spawn_task(self._read_stderr(proc))
         await self._control({"subtype": "initialize", "hooks": None}, wait=None)
@@ -294,6 +345,7 @@ class ClaudeRunner(Runner):
 
     async def _stop_process(self) -> None:
         proc = self._proc
+        self._text.flush()
         self._expect_exit = True
         for fut in self._controls.values():
             if not fut.done():
@@ -339,6 +391,8 @@ class ClaudeRunner(Runner):
     async def _say(self, text: str) -> None:
         """Send a user message (starting Claude Code first when it does not run)."""
         self._last_text = text
+        if self._broken and self._proc is not None:
+            await self._stop_process()  # it failed and is on its way out: do not talk to it
         if not self._alive and not await self._spawn():
             return
         self._outstanding += 1
@@ -371,6 +425,7 @@ class ClaudeRunner(Runner):
             self._quiet = False
 
     def _fail(self, message: str) -> None:
+        self._broken = True
         self.ctx.emit(ev.ErrorEvent(agent=self.ctx.agent_id, message=message, fatal=True))
         self.ctx.status("failed", message)
 
@@ -399,6 +454,7 @@ class ClaudeRunner(Runner):
         if proc is not self._proc:
             return
         self._proc = None
+        self._text.flush()
         for fut in self._controls.values():
             if not fut.done():
                 fut.set_exception(RunnerError("Claude Code exited"))
@@ -407,8 +463,8 @@ class ClaudeRunner(Runner):
         was_busy = self._outstanding > 0
         self._outstanding = 0
         self._idle.set()
-        if self._expect_exit or (code == 0 and not was_busy):
-            return
+        if self._expect_exit or (code == 0 and not was_busy) or self._broken:
+            return  # a stop of ours, a clean end, or a turn whose error already said why
         said = " | ".join(line.strip() for line in self._stderr.strip().splitlines()[-6:] if line.strip())
         hint = INSTALL_HINT if code == 127 else "fix what it says, then resume (the session continues)"
         what = f"Claude Code exited with status {code}" if code >= 0 else f"Claude Code was killed by signal {-code}"
@@ -434,6 +490,10 @@ class ClaudeRunner(Runner):
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
+        if kind == "stream_event":
+            self._on_stream_event(message.get("event") or {})
+            return
+        self._text.flush()  # what streamed so far is logged before anything that follows it
         if message.get("session_id") and kind in ("system", "result"):
             self._note_session(str(message["session_id"]))
         if kind == "assistant":
@@ -472,6 +532,17 @@ class ClaudeRunner(Runner):
         if session_id and session_id != self.session_id:
             self.ctx.emit(ev.RunnerState(agent=self.ctx.agent_id, data={"session_id": session_id}))
 
+    def _on_stream_event(self, event: dict[str, Any]) -> None:
+        """The model's raw stream: text deltas go to the log at once; the complete blocks follow as messages."""
+        etype = event.get("type")
+        if etype == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                self._text.add(str(delta.get("text", "")))
+        elif etype == "message_start":
+            self._text.flush()
+            self._text.streamed = False
+
     def _on_assistant(self, body: dict[str, Any]) -> None:
         ctx = self.ctx
         content = body.get("content")
@@ -481,7 +552,9 @@ class ClaudeRunner(Runner):
             if not isinstance(block, dict):
                 continue
             if block.get("type") == "text" and block.get("text"):
-                ctx.emit(ev.TextDelta(agent=ctx.agent_id, text=block["text"]))
+                if not self._text.streamed:  # a CLI without partial messages: the block is all there is
+                    ctx.emit(ev.TextDelta(agent=ctx.agent_id, text=block["text"]))
+                self._text.streamed = False
                 ctx.emit(ev.AssistantMessage(agent=ctx.agent_id, text=block["text"]))
             elif block.get("type") == "tool_use":
                 name = str(block.get("name", "?"))
@@ -535,6 +608,14 @@ class ClaudeRunner(Runner):
         if message.get("is_error") or subtype.startswith("error"):
             detail = message.get("result") or "; ".join(str(e) for e in message.get("errors") or []) or subtype
             text = f"Claude Code ended the turn with an error: {detail}"
+            lost = self.session_id
+            if lost and LOST_SESSION in str(detail) and self._outstanding == 0:
+                ctx.emit(ev.RunnerState(agent=ctx.agent_id, data={"session_id": ""}))
+                self._fail(
+                    f"Claude Code no longer has session {lost} (its transcript is gone): "
+                    "resume or redirect to start a new session"
+                )
+                return
             if subtype == "error_max_turns":
                 ctx.emit(ev.ErrorEvent(agent=ctx.agent_id, message=text))
             elif self._outstanding == 0:
@@ -617,8 +698,9 @@ def available() -> tuple[bool, str]:
     """Whether Claude Code can be started here, and why not (for `missionctl doctor`)."""
     import shutil
 
-    binary = os.environ.get(BIN_ENV) or "claude"
-    found = shutil.which(binary)
+    configured = os.environ.get(BIN_ENV, "").strip()
+    binary = claude_binary()
+    found = shutil.which(binary) if binary else None
     if found:
-        return True, f"{found}"
-    return False, f"{binary} not found: npm install -g @anthropic-ai/claude-code, or set {BIN_ENV}"
+        return True, found
+    return False, f"{configured or 'claude'} not found: {INSTALL_HINT}"

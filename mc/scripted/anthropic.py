@@ -29,6 +29,10 @@ from mc.scripted.scenario import Agent, Fault
 if TYPE_CHECKING:
     from mc.scripted.server import Reply, ScriptedServer
 
+#: The assistant text Claude Code puts in a resumed conversation for a turn the model never answered (a tool
+#: call cut off by a restart): no turn of the script, so it is left out of the conversation.
+SYNTHETIC_TEXTS = frozenset({"No response requested."})
+
 
 def error_body(message: str, kind: str) -> dict[str, Any]:
     """An Anthropic error object: ``{"type": "error", "error": {"type": kind, "message": message}}``."""
@@ -71,7 +75,8 @@ def messages_entries(body: dict[str, Any]) -> list[Entry]:
                 continue
             kind = block.get("type")
             if kind == "text":
-                texts.append(str(block.get("text", "")))
+                if role != "assistant" or str(block.get("text", "")).strip() not in SYNTHETIC_TEXTS:
+                    texts.append(str(block.get("text", "")))
             elif kind == "tool_use" and role == "assistant":
                 flush_text(text_kind)
                 entries.append(
