@@ -57,6 +57,13 @@ async def test_missing_executable_fails_with_what_to_do(repo, tmp_path, fleet_fa
     assert "Claude Code not found" in agent.status_reason and "install-tools.sh" in agent.status_reason
 
 
+@pytest.mark.skipif(BINARY is None, reason="claude is not installed: run scripts/install-tools.sh")
+def test_available_finds_the_installed_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(claude.BIN_ENV, raising=False)
+    found = claude.claude_binary()
+    assert found is not None and claude.available() == (True, found)
+
+
 class SimpleServer:
     base_url = "http://127.0.0.1:9/v1"
 
@@ -181,7 +188,8 @@ async def test_approve_runs_the_command_and_the_turn_is_logged(repo, serve, flee
     # The model saw the command's real output, and was offered Claude Code's own tools.
     assert server.requests[-1].tool_outputs() == ["wrote it"]
     assert {"Bash", "Write", "Edit", "Read"} <= set(server.requests[0].tools())
-    assert {r.path for r in server.requests} == {"/v1/messages"}
+    # Claude Code asked nothing else of the endpoint: no side job for another model.
+    assert {(r.path, r.agent) for r in server.requests} == {("/v1/messages", "cl-yes")}
 
 
 @needs_cli
@@ -407,3 +415,36 @@ async def test_lost_session_fails_once_and_resume_starts_a_new_one(repo, serve, 
     assert sum(isinstance(e, ev.StatusChanged) and e.status == "failed" for e in events) == 1
     assert agent.runner_state["session_id"] not in ("", session)
     assert server.requests[-1].user_texts()[-1].endswith("are you there?")
+
+
+@needs_cli
+async def test_rate_limit_is_retried_and_shown(repo, serve, fleet_factory) -> None:
+    server = serve(
+        {
+            "name": "cl-429",
+            "faults": [{"kind": "429", "times": 1, "retry_after": 0.2}],
+            "turns": [{"say": "Answered after the retry."}],
+        }
+    )
+    fleet, events = await spawn(fleet_factory, repo, server, agent_config("cl-429", "Say something"))
+    agent = fleet.get("cl-429")
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    assert [r.fault for r in server.requests] == ["429", ""]
+    retry = next(e for e in events if isinstance(e, ev.ErrorEvent))
+    assert not retry.fatal and retry.retry_in and "429" in retry.message
+    assert "Answered after the retry." in log_text(fleet, "cl-429")
+
+
+@needs_cli
+async def test_endpoint_failure_fails_the_agent_with_the_error(repo, serve, fleet_factory, monkeypatch) -> None:
+    monkeypatch.setenv("CLAUDE_CODE_MAX_RETRIES", "0")
+    server = serve(
+        {"name": "cl-500", "faults": [{"kind": "500", "message": "backend on fire"}], "turns": [{"say": "x"}]}
+    )
+    fleet, _ = await spawn(fleet_factory, repo, server, agent_config("cl-500", "Say something"))
+    agent = fleet.get("cl-500")
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "failed"
+    assert agent.error.startswith("Claude Code ended the turn with an error: API Error: 500 backend on fire")
+    assert [r.fault for r in server.requests] == ["500"]

@@ -496,7 +496,9 @@ class ClaudeRunner(Runner):
         self._text.flush()  # what streamed so far is logged before anything that follows it
         if message.get("session_id") and kind in ("system", "result"):
             self._note_session(str(message["session_id"]))
-        if kind == "assistant":
+        if kind == "system" and message.get("subtype") == "api_retry":
+            self._on_retry(message)
+        elif kind == "assistant":
             self._on_assistant(message.get("message") or {})
         elif kind == "user":
             self._on_tool_results(message.get("message") or {})
@@ -531,6 +533,23 @@ class ClaudeRunner(Runner):
     def _note_session(self, session_id: str) -> None:
         if session_id and session_id != self.session_id:
             self.ctx.emit(ev.RunnerState(agent=self.ctx.agent_id, data={"session_id": session_id}))
+
+    def _on_retry(self, message: dict[str, Any]) -> None:
+        """Claude Code retries a failed model call by itself: say so, with when."""
+        status = message.get("error_status") or "no status"
+        error = message.get("error") or "error"
+        attempt = f"attempt {message.get('attempt', '?')} of {message.get('max_retries', '?')}"
+        try:
+            delay = max(0.0, float(message.get("retry_delay_ms") or 0) / 1000)
+        except (TypeError, ValueError):
+            delay = 0.0
+        self.ctx.emit(
+            ev.ErrorEvent(
+                agent=self.ctx.agent_id,
+                message=f"the model endpoint answered {status} ({error}); Claude Code retries, {attempt}",
+                retry_in=delay or None,
+            )
+        )
 
     def _on_stream_event(self, event: dict[str, Any]) -> None:
         """The model's raw stream: text deltas go to the log at once; the complete blocks follow as messages."""
