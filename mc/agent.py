@@ -103,6 +103,8 @@ class Agent:
     error: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
+    usage_reported: bool = False
+    """Whether the runner ever reported token usage; while False the token counts are unknown (not zero)."""
     files_changed: int = 0
     lines_added: int = 0
     lines_removed: int = 0
@@ -222,6 +224,7 @@ class Agent:
             case ev.Refused():
                 log.add("err", f"  refused: {event.reason}")
             case ev.Usage():
+                self.usage_reported = True
                 self.input_tokens += event.input_tokens
                 self.output_tokens += event.output_tokens
             case ev.ErrorEvent():
