@@ -12,6 +12,7 @@ if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [
     echo "install-tools: bubblewrap not installed; the sandbox tests will check the refusal message only" >&2
 fi
 CODEX_VERSION=0.171.0          # @openai/codex: `codex app-server`
+CODEX_MIN_VERSION=0.169.0      # the oldest @openai/codex the codex runner accepts, in .cache/npm-codex-VERSION
 CODEX_ACP_VERSION=0.16.0       # @zed-industries/codex-acp: the ACP agent the acp runner is tested with
 CLAUDE_VERSION=2.1.332         # @anthropic-ai/claude-code: `claude -p` in stream-json mode, the claude runner
 PREFIX=.cache/npm
@@ -25,6 +26,13 @@ installed() {  # installed PACKAGE VERSION
     node -e 'process.exit(require(process.argv[1]).version === process.argv[2] ? 0 : 1)' \
       "$PWD/$PREFIX/node_modules/$1/package.json" "$2"
 }
+# The oldest accepted Codex in a folder of its own: a test runs a real flow with it.
+CODEX_MIN_PREFIX=".cache/npm-codex-$CODEX_MIN_VERSION"
+if ! [ -x "$CODEX_MIN_PREFIX/node_modules/.bin/codex" ]; then
+  mkdir -p "$CODEX_MIN_PREFIX"
+  npm install --prefix "$CODEX_MIN_PREFIX" --no-audit --no-fund --loglevel=error "@openai/codex@$CODEX_MIN_VERSION" ||
+    echo "install-tools: codex $CODEX_MIN_VERSION not installed; its test is skipped" >&2
+fi
 if installed @openai/codex "$CODEX_VERSION" && installed @zed-industries/codex-acp "$CODEX_ACP_VERSION" &&
   installed @anthropic-ai/claude-code "$CLAUDE_VERSION" &&
   [ -x "$BIN/codex" ] && [ -x "$BIN/codex-acp" ] && [ -x "$BIN/claude" ]; then
