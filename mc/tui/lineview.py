@@ -106,7 +106,7 @@ class LineView(ScrollView, can_focus=True):
     def _changed(self, added: int) -> None:
         self.virtual_size = Size(max(1, self.scrollable_content_region.width), self.line_count)
         if self.follow:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
+            self._to_end()
         elif added:
             self.waiting += added
             self.post_message(self.FollowChanged(self))
@@ -126,13 +126,18 @@ class LineView(ScrollView, can_focus=True):
         """Jump to the end and follow new lines again."""
         self.follow = True
         self.waiting = 0
-        self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self._to_end()
         self.post_message(self.FollowChanged(self))
+
+    def _to_end(self) -> None:
+        # forced: until the next layout pass a view whose lines just outgrew it has no scrollbar yet, and
+        # Textual refuses to scroll a widget without one (a burst of lines would stay at its first row)
+        self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
 
     def on_resize(self) -> None:
         self.virtual_size = Size(max(1, self.scrollable_content_region.width), self.line_count)
         if self.follow:
-            self.scroll_end(animate=False, x_axis=False)
+            self.call_after_refresh(lambda: self.follow and self._to_end())
 
     # -- rendering -------------------------------------------------------------------------------
     def render_line(self, y: int) -> Strip:
