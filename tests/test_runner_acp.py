@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +13,12 @@ from typing import Any
 
 import pytest
 
+from mc import events as ev
 from mc import procs
 from mc.agents import acp
+from mc.agents.base import NOT_RUN_INTERRUPTED
 from mc.config import AgentConfig
+from mc.scripted.server import count_input_tokens, split_words
 from tests.conftest import fleet_config
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,6 +36,7 @@ def scenario(name: str, command: str = "echo made > made.txt && echo wrote it") 
                 "turns": [
                     {"say": "Creating the file.", "tool": "exec_command", "args": {"cmd": command, "login": False}},
                     {"when_tool_output_contains": "wrote it", "say": "The file is there."},
+                    {"when_user_contains": "use python", "say": "Switching to python as asked."},
                     {"say": "I was not allowed to run it."},
                 ],
             }
@@ -93,6 +98,89 @@ async def test_deny_through_the_fleet_keeps_the_file_away(repo: Path, scripted: 
     await until(lambda: agent.status in ("idle", "failed"), fleet)
     assert agent.status == "idle", agent.error
     assert not (Path(agent.worktree) / "made.txt").exists()
+
+
+async def test_deny_reason_reaches_the_model(repo: Path, scripted: Any, fleet_factory: Any) -> None:
+    # codex-acp ends the turn on a rejection and tells the model nothing: the reason is the next prompt
+    server = scripted(scenario("acwhy"))
+    fleet, events = await _spawn(fleet_factory, repo, server, "acwhy")
+    agent = fleet.get("acwhy")
+    await until(lambda: bool(agent.pending) or agent.status == "failed", fleet)
+    await fleet.deny("acwhy", reason="use python instead of a shell redirection")
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    assert not (Path(agent.worktree) / "made.txt").exists()
+    note = "The engineer denied `echo made > made.txt && echo wrote it`. Their reason: use python instead of a shell redirection"
+    assert note in server.requests[-1].user_texts()
+    assert any(e.type == "assistant_message" and "Switching to python as asked." in e.text for e in events)
+    results = [e for e in events if isinstance(e, ev.ToolResult)]
+    assert [(r.ok, r.output) for r in results] == [
+        (False, "The engineer denied this call. Their reason: use python instead of a shell redirection")
+    ]
+
+
+async def test_interrupt_while_waiting_says_the_call_did_not_run(repo: Path, scripted: Any, fleet_factory: Any) -> None:
+    server = scripted(scenario("acint"))
+    fleet, events = await _spawn(fleet_factory, repo, server, "acint")
+    agent = fleet.get("acint")
+    await until(lambda: bool(agent.pending) or agent.status == "failed", fleet)
+    call_id = agent.oldest_pending().call_id
+    await fleet.interrupt("acint")
+    assert agent.status == "interrupted"
+    results = [(e.ok, e.output) for e in events if isinstance(e, ev.ToolResult) and e.call_id == call_id]
+    assert results == [(False, NOT_RUN_INTERRUPTED)]
+
+
+async def test_tokens_are_what_codex_acp_reports(repo: Path, scripted: Any, fleet_factory: Any) -> None:
+    # codex-acp 0.16.0 reports only the context in use (usage_update), no tokens per turn
+    server = scripted(scenario("actok"))
+    fleet, _ = await _spawn(fleet_factory, repo, server, "actok")
+    agent = fleet.get("actok")
+    await until(lambda: bool(agent.pending) or agent.status == "failed", fleet)
+    await fleet.approve("actok")
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    assert not agent.usage_reported and agent.tokens == 0  # unknown, not zero
+    said = len(split_words("The file is there."))  # the scripted model counts one token per word
+    assert agent.runner_state["context_tokens"] == count_input_tokens(server.requests[-1].body) + said
+    assert agent.runner_state["context_window"] > agent.runner_state["context_tokens"]
+
+
+#: A minimal ACP agent that answers each prompt with one sentence and the turn's usage.
+_USAGE_AGENT = """
+import json, sys
+def send(obj):
+    sys.stdout.write(json.dumps(obj) + "\\n")
+    sys.stdout.flush()
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, rid = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        send({"jsonrpc": "2.0", "id": rid, "result": {"protocolVersion": 1, "agentCapabilities": {}}})
+    elif method == "session/new":
+        send({"jsonrpc": "2.0", "id": rid, "result": {"sessionId": "s-1"}})
+    elif method == "session/prompt":
+        chunk = {"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "Nothing to do."}}
+        send({"jsonrpc": "2.0", "method": "session/update", "params": {"sessionId": "s-1", "update": chunk}})
+        usage = {"totalTokens": 175, "inputTokens": 100, "cachedReadTokens": 20, "outputTokens": 40, "thoughtTokens": 15}
+        send({"jsonrpc": "2.0", "id": rid, "result": {"stopReason": "end_turn", "usage": usage}})
+"""
+
+
+async def test_tokens_of_a_prompt_response_are_counted(repo: Path, scripted: Any, fleet_factory: Any) -> None:
+    agent_py = repo.parent / "usage_agent.py"
+    agent_py.write_text(_USAGE_AGENT)
+    server = scripted({"agents": [{"name": "helper", "turns": [{"say": "unused"}]}]})
+    fleet = await fleet_factory(fleet_config(repo, server, model="helper"))
+    await fleet.spawn(AgentConfig(name="acuse", task="anything", runner="acp", command=f"{sys.executable} {agent_py}"))
+    agent = fleet.get("acuse")
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    assert agent.usage_reported
+    assert (agent.input_tokens, agent.output_tokens) == (120, 55)
+    await fleet.redirect("acuse", "again")
+    await until(lambda: agent.status in ("idle", "failed") and agent.tokens > 175, fleet)
+    assert (agent.input_tokens, agent.output_tokens) == (240, 110)
 
 
 async def test_kill_leaves_no_process(repo: Path, scripted: Any, fleet_factory: Any) -> None:

@@ -7,16 +7,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from mc import events as ev
 from mc import procs
 from mc.agents import codex
+from mc.agents.base import NOT_RUN_INTERRUPTED
 from mc.config import AgentConfig
 from tests.conftest import fleet_config
 
@@ -27,6 +32,20 @@ if BINARY is None:
     pytest.skip("codex is not installed: run scripts/install-tools.sh", allow_module_level=True)
 
 WRITE = "echo made > made.txt && echo wrote it"
+#: The oldest Codex the runner accepts, installed beside the current one by scripts/install-tools.sh.
+OLDEST = Path(__file__).resolve().parents[1] / f".cache/npm-codex-{'.'.join(map(str, codex.TESTED_FROM))}"
+OLDEST_BIN = OLDEST / "node_modules" / ".bin" / "codex"
+
+
+@pytest.fixture(params=["current", "oldest"])
+def any_codex(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the tested Codex and with the oldest one the runner accepts."""
+    if request.param == "oldest":
+        if not OLDEST_BIN.exists():
+            pytest.skip(f"{OLDEST_BIN} is not installed: run scripts/install-tools.sh")
+        monkeypatch.setenv(codex.BIN_ENV, str(OLDEST_BIN))
+        return str(OLDEST_BIN)
+    return BINARY or ""
 
 
 def scenario(name: str, command: str = WRITE) -> dict[str, Any]:
@@ -70,7 +89,9 @@ async def _spawn(fleet_factory: Any, repo: Path, server: Any, name: str, **spec:
     return fleet, events
 
 
-async def test_approve_runs_the_command_in_the_worktree(repo: Path, scripted: Any, fleet_factory: Any) -> None:
+async def test_approve_runs_the_command_in_the_worktree(
+    repo: Path, scripted: Any, fleet_factory: Any, any_codex: str
+) -> None:
     server = scripted(scenario("cx"))
     fleet, events = await _spawn(fleet_factory, repo, server, "cx")
     agent = fleet.get("cx")
@@ -98,7 +119,9 @@ async def test_approve_runs_the_command_in_the_worktree(repo: Path, scripted: An
     assert "exec_command" in server.requests[0].tools()
 
 
-async def test_deny_keeps_the_file_from_appearing(repo: Path, scripted: Any, fleet_factory: Any) -> None:
+async def test_deny_keeps_the_file_from_appearing(
+    repo: Path, scripted: Any, fleet_factory: Any, any_codex: str
+) -> None:
     server = scripted(scenario("cxdeny"))
     fleet, events = await _spawn(fleet_factory, repo, server, "cxdeny")
     agent = fleet.get("cxdeny")
@@ -109,6 +132,53 @@ async def test_deny_keeps_the_file_from_appearing(repo: Path, scripted: Any, fle
     assert not (Path(agent.worktree) / "made.txt").exists()
     assert any(e.type == "assistant_message" and "not allowed" in e.text for e in events)
     assert any("rejected" in out for r in server.requests for out in r.tool_outputs())
+    result = next(e for e in events if isinstance(e, ev.ToolResult))
+    assert not result.ok and result.output == "The engineer denied this call."
+
+
+async def test_deny_reason_reaches_the_model(repo: Path, scripted: Any, fleet_factory: Any, any_codex: str) -> None:
+    server = scripted(scenario("cxwhy"))
+    fleet, events = await _spawn(fleet_factory, repo, server, "cxwhy")
+    agent = fleet.get("cxwhy")
+    await until(lambda: bool(agent.pending) or agent.status == "failed")
+    await fleet.deny("cxwhy", reason="use python instead of a shell redirection")
+    await until(lambda: agent.status in ("idle", "failed"))
+    assert agent.status == "idle", agent.error
+    assert not (Path(agent.worktree) / "made.txt").exists()
+    note = f"The engineer denied `{WRITE}`. Their reason: use python instead of a shell redirection"
+    assert any(note in text for r in server.requests for text in r.user_texts())
+    assert any(e.type == "assistant_message" and "Switching to python as asked." in e.text for e in events)
+    result = next(e for e in events if isinstance(e, ev.ToolResult))
+    assert result.output == "The engineer denied this call. Their reason: use python instead of a shell redirection"
+
+
+async def test_interrupt_while_waiting_says_not_run_then_resume_asks_again(
+    repo: Path, scripted: Any, fleet_factory: Any, any_codex: str
+) -> None:
+    call = {"tool": "exec_command", "args": {"cmd": WRITE, "login": False}}
+    turns = [
+        {"say": "Creating the file.", **call},
+        {"when_user_contains": "Continue the task", "say": "Trying again.", **call},
+        {"when_tool_output_contains": "wrote it", "say": "The file is there."},
+        {"say": "I was not allowed to run it."},
+    ]
+    server = scripted({"agents": [{"name": "cxint", "turns": turns}]})
+    fleet, events = await _spawn(fleet_factory, repo, server, "cxint")
+    agent = fleet.get("cxint")
+    await until(lambda: bool(agent.pending) or agent.status == "failed")
+    first = agent.oldest_pending()
+    await fleet.interrupt("cxint")
+    assert agent.status == "interrupted"
+    results = [e for e in events if isinstance(e, ev.ToolResult) and e.call_id == first.call_id]
+    assert [(r.ok, r.output) for r in results] == [(False, NOT_RUN_INTERRUPTED)]
+    assert not (Path(agent.worktree) / "made.txt").exists()
+    await fleet.resume("cxint")
+    await until(lambda: bool(agent.pending) or agent.status in ("idle", "failed"))
+    assert agent.status == "waiting", agent.error
+    await fleet.approve("cxint")
+    await until(lambda: agent.status in ("idle", "failed"))
+    assert agent.status == "idle", agent.error
+    assert (Path(agent.worktree) / "made.txt").read_text() == "made\n"
 
 
 async def test_kill_leaves_no_process(repo: Path, scripted: Any, fleet_factory: Any) -> None:
@@ -134,7 +204,9 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-async def test_interrupt_then_redirect_resumes_the_thread(repo: Path, scripted: Any, fleet_factory: Any) -> None:
+async def test_interrupt_then_redirect_resumes_the_thread(
+    repo: Path, scripted: Any, fleet_factory: Any, any_codex: str
+) -> None:
     server = scripted(scenario("cxredir"))
     fleet, _ = await _spawn(fleet_factory, repo, server, "cxredir")
     agent = fleet.get("cxredir")
@@ -182,19 +254,82 @@ async def test_crash_mid_run_fails_with_the_reason(repo: Path, scripted: Any, fl
     await until(lambda: procs.find_tagged(tag) == [])
 
 
-async def test_old_version_is_refused(repo: Path, scripted: Any, fleet_factory: Any, monkeypatch: Any) -> None:
-    fake = repo.parent / "old-codex"
-    fake.write_text('#!/bin/sh\nread line\necho \'{"id":1,"result":{"userAgent":"mc/0.1.0 (test)"}}\'\nsleep 30\n')
+#: Drop turn/steer from the schema the real codex writes (argv: the --out folder).
+_DROP_STEER = """
+import json, sys, pathlib
+path = pathlib.Path(sys.argv[1]) / "codex_app_server_protocol.schemas.json"
+schema = json.loads(path.read_text())
+requests = schema["definitions"]["ClientRequest"]
+requests["oneOf"] = [o for o in requests["oneOf"] if o["properties"]["method"].get("enum") != ["turn/steer"]]
+path.write_text(json.dumps(schema))
+"""
+
+
+def _older_codex(folder: Path) -> Path:
+    """A Codex that says it is 0.100.0 and whose app-server lacks turn/steer: the real one, with that cut."""
+    (folder / "drop_steer.py").write_text(_DROP_STEER)
+    fake = folder / "older-codex"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "codex-cli 0.100.0"; exit 0; fi\n'
+        'if [ "$2" = generate-json-schema ]; then\n'
+        f'  {BINARY} "$@" && exec {sys.executable} {folder / "drop_steer.py"} "$4"\n'
+        "fi\n"
+        f'exec {BINARY} "$@"\n'
+    )
     fake.chmod(0o755)
+    return fake
+
+
+async def test_a_version_without_what_the_runner_uses_is_refused_naming_it(
+    repo: Path, scripted: Any, fleet_factory: Any, monkeypatch: Any
+) -> None:
+    fake = _older_codex(repo.parent)
     monkeypatch.setenv(codex.BIN_ENV, str(fake))
     server = scripted(scenario("cxold"))
     fleet, _ = await _spawn(fleet_factory, repo, server, "cxold")
     agent = fleet.get("cxold")
     await until(lambda: agent.status == "failed")
-    assert "0.1.0" in agent.error and "upgrade" in agent.error
+    assert agent.error == (
+        f"codex: {fake} is Codex 0.100.0, whose app-server lacks turn/steer (redirect): upgrade it to 0.169.0 or later"
+    )
+    assert server.requests == []
+    assert codex.available() == (False, agent.error.removeprefix("codex: "))
 
 
 def test_available_reports_the_version() -> None:
     ok, text = codex.available()
     assert ok, text
-    assert codex.CODEX_VERSION in text or "codex" in text
+    assert text == f"codex {codex.CODEX_VERSION} at {BINARY}"
+
+
+def test_the_oldest_accepted_version_offers_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not OLDEST_BIN.exists():
+        pytest.skip(f"{OLDEST_BIN} is not installed: run scripts/install-tools.sh")
+    assert codex.inspect_binary(str(OLDEST_BIN)) == (codex.TESTED_FROM, "")
+    monkeypatch.setenv(codex.BIN_ENV, str(OLDEST_BIN))
+    assert codex.available() == (True, f"codex 0.169.0 at {OLDEST_BIN}")
+
+
+def test_install_script_installs_the_oldest_accepted_version() -> None:
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "install-tools.sh").read_text()
+    assert f"CODEX_MIN_VERSION={'.'.join(map(str, codex.TESTED_FROM))} " in script
+    assert f"CODEX_VERSION={codex.CODEX_VERSION} " in script
+
+
+async def test_unreachable_endpoint_fails_after_the_configured_retries(
+    repo: Path, fleet_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as closed:  # bound, never listening: every connection is refused at once
+        closed.bind(("127.0.0.1", 0))
+        endpoint = SimpleNamespace(base_url=f"http://127.0.0.1:{closed.getsockname()[1]}/v1")
+        fleet = await fleet_factory(fleet_config(repo, endpoint, model="cxdown", max_retries=1))
+        await fleet.spawn(AgentConfig(name="cxdown", task="Create made.txt", runner="codex"))
+        agent = fleet.get("cxdown")
+        await until(lambda: agent.status == "failed", timeout=60)
+    assert agent.error.startswith(f"codex: the model endpoint {endpoint.base_url} did not answer: ")
+    assert agent.error.endswith(
+        "; gave up after 1 retry ([model] max_retries): check [model] base_url and that the server runs, then resume"
+    )
+    retries = [e for e in agent.log.tail(50) if "(retry " in e[1]]
+    assert [text.endswith("(retry 1 of 1)") for _, text in retries] == [True]

@@ -5,9 +5,13 @@ The command line is the agent's `command`; without one it is codex-acp, which re
 runner writes one for the agent (under the repository's `.mc/`) that points at our [model] endpoint.
 
 initialize → session/new (cwd = the worktree) → session/prompt per instruction; session/update
-notifications become our events; session/request_permission becomes our approval (allow_once,
-allow_always, reject_once ← approve, approve_all, deny); session/cancel stops a turn. The session id is
-kept as runner state, so a later process continues it with session/resume or session/load.
+notifications become our events; session/request_permission becomes our approval: approve and
+approve-all answer allow_once (approve-all is mission control's memory for the rest of the run, never an
+allow_always rule that the agent would keep), deny answers reject_once, and since ACP's answer carries no
+reason, the engineer's reason follows as the next prompt. session/cancel stops a turn. Token usage is
+what the agent reports: a prompt response's `usage` (the turn's tokens) and `usage_update` (the context
+in use, kept as runner state `context_tokens` / `context_window`). The session id is kept as runner
+state, so a later process continues it with session/resume or session/load.
 
 The protocol is spoken by hand (a small JSON-RPC peer shared with the codex runner): the
 `agent-client-protocol` library wants asyncio streams, and our processes are started through
@@ -27,7 +31,14 @@ from typing import Any
 
 from mc import events as ev
 from mc.agents._stdio import SETUP_TIMEOUT, RpcError, StdioRunner, child_env, find_binary
-from mc.agents.base import RunnerContext, RunnerError
+from mc.agents.base import (
+    NOT_RUN_INTERRUPTED,
+    NOT_RUN_REDIRECTED,
+    Question,
+    RunnerContext,
+    deny_note,
+    remember_key,
+)
 from mc.agents.codex import HOME_ENV, prepare_home
 
 PROTOCOL_VERSION = 1
@@ -42,12 +53,14 @@ CONTINUE = "Continue the task from where you stopped."
 
 #: ACP tool kinds → our call kinds.
 KINDS = {"execute": "command", "edit": "write", "delete": "write", "move": "write"}
-#: Our decisions → the ACP permission option kinds that carry them, best first.
+#: ACP tool kinds whose calls approve-all remembers by our kind; any other is remembered by its own name.
+KNOWN_KINDS = frozenset({"execute", "edit", "delete", "move", "read", "search"})
+#: Our answers → the ACP permission option kinds that carry them, best first.
 OPTION_KINDS = {
     "approve": ("allow_once", "allow_always"),
-    "approve_all": ("allow_always", "allow_once"),
     "deny": ("reject_once", "reject_always"),
 }
+_SHELLS = frozenset({"bash", "sh", "zsh", "dash"})
 
 
 def codex_acp_binary() -> str | None:
@@ -93,6 +106,19 @@ def _raw_output_text(raw: Any) -> tuple[str, int | None]:
     return "", None
 
 
+def command_of(call: dict[str, Any]) -> str:
+    """The command line of an execute call: its rawInput's command (`bash -c SCRIPT` → SCRIPT), else its title."""
+    raw = call.get("rawInput")
+    command = (raw.get("command") or raw.get("cmd")) if isinstance(raw, dict) else None
+    if isinstance(command, list) and command and all(isinstance(w, str) for w in command):
+        if len(command) == 3 and Path(command[0]).name in _SHELLS and command[1] in ("-c", "-lc"):
+            return command[2]
+        return shlex.join(command)
+    if isinstance(command, str) and command.strip():
+        return command
+    return str(call.get("title") or "")
+
+
 class AcpRunner(StdioRunner):
     """Drives one ACP agent process for one agent."""
 
@@ -106,7 +132,7 @@ class AcpRunner(StdioRunner):
         self._replaying = False
         self._prompt: asyncio.Task[Any] | None = None
         self._cancelled = False
-        self._approvals: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
+        self._notes: list[str] = []  # the reasons of denials, for the next prompt
         self._calls: dict[str, dict[str, Any]] = {}
         self._text = ""
         self._capabilities: dict[str, Any] = {}
@@ -212,7 +238,8 @@ class AcpRunner(StdioRunner):
 
     def on_exit(self) -> None:
         self._loaded = False
-        self._approvals.clear()
+        self.questions.clear()
+        self.close_not_run()
 
     # -- turns ---------------------------------------------------------------------------------------
     def _begin(self, text: str) -> None:
@@ -227,8 +254,15 @@ class AcpRunner(StdioRunner):
             "session/prompt", {"sessionId": self.session_id, "prompt": [{"type": "text", "text": text}]}
         )
         self._flush_text()
+        self.close_not_run()
+        self._usage((result or {}).get("usage"))
         reason = str((result or {}).get("stopReason", "end_turn"))
         if self._closing:
+            return
+        if self._notes and not self._cancelled:
+            # ACP's answer to a permission request carries no reason: the model reads it as the next prompt
+            note, self._notes = "\n".join(self._notes), []
+            self._begin(note)
             return
         if reason == "cancelled":
             if self._cancelled:
@@ -239,38 +273,32 @@ class AcpRunner(StdioRunner):
         else:
             self.ctx.status("idle", f"turn ended: {reason.replace('_', ' ')}")
 
-    async def _cancel_turn(self) -> None:
+    async def _cancel_turn(self, why: str) -> None:
         self._cancelled = True
-        await self._answer_all_cancelled()
+        await self.cancel_questions(why)
         if self.busy and self.alive and self.peer is not None:
             await self.peer.notify("session/cancel", {"sessionId": self.session_id})
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(self._prompt), 10)  # type: ignore[arg-type]
         if self.busy and self._prompt is not None:
             self._prompt.cancel()
-
-    async def _answer_all_cancelled(self) -> None:
-        approvals, self._approvals = self._approvals, {}
-        if self.peer is None:
-            return
-        for rid, _options in approvals.values():
-            await self.peer.respond(rid, {"outcome": {"outcome": "cancelled"}})
+        self.close_not_run()
 
     # -- protocol (ours) -------------------------------------------------------------------------------
     async def start(self, task: str) -> None:
         self._begin(task)
 
     async def send(self, text: str) -> None:
-        await self._cancel_turn()
-        self._begin(text)
+        await self._cancel_turn(NOT_RUN_REDIRECTED)
+        notes, self._notes = self._notes, []
+        self._begin("\n".join([*notes, text]))
 
-    async def resolve(self, approval_id: str, decision: str, reason: str = "") -> None:
-        entry = self._approvals.pop(approval_id, None)
-        if entry is None or self.peer is None:
-            raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
-        rid, options = entry
+    async def answer(self, question: Question, decision: str, reason: str) -> None:
+        if self.peer is None:
+            return
+        rid, options = question.handle
         chosen = None
-        for kind in OPTION_KINDS.get(decision, OPTION_KINDS["deny"]):
+        for kind in OPTION_KINDS.get(decision, ()):
             chosen = next((o for o in options if o.get("kind") == kind), None)
             if chosen is not None:
                 break
@@ -278,12 +306,13 @@ class AcpRunner(StdioRunner):
             outcome: dict[str, Any] = {"outcome": "cancelled"}
         else:
             outcome = {"outcome": "selected", "optionId": chosen.get("optionId")}
+        if decision == "deny" and reason:
+            self._notes.append(deny_note(question.summary, reason))
         await self.peer.respond(rid, {"outcome": outcome})
-        if not self._approvals and self.ctx.agent.status == "waiting":
-            self.ctx.status("running")
 
     async def interrupt(self) -> None:
-        await self._cancel_turn()
+        self._notes = []
+        await self._cancel_turn(NOT_RUN_INTERRUPTED)
         # The fleet ends every tagged process after an interrupt: let go of this one first.
         await self.shutdown()
         self.on_exit()
@@ -299,7 +328,7 @@ class AcpRunner(StdioRunner):
         self.ctx.status("interrupted", "mission control restarted while the agent waited for approval; resume it")
 
     async def kill(self) -> None:
-        self._approvals.clear()
+        self.questions.clear()
         await super().kill()
 
     # -- protocol (the agent's) ------------------------------------------------------------------------
@@ -326,6 +355,35 @@ class AcpRunner(StdioRunner):
             self._tool_call(update)
         elif kind == "tool_call_update":
             self._tool_update(update)
+        elif kind == "usage_update":
+            self._context(update)
+
+    def _usage(self, usage: Any) -> None:
+        """A prompt response's `usage`: the tokens of that turn. ACP counts each kind apart (their sum is
+        totalTokens); an agent whose counts overlap (cached tokens inside inputTokens) is read as it says."""
+        if not isinstance(usage, dict):
+            return
+
+        def count(name: str) -> int:
+            value = usage.get(name)
+            return value if isinstance(value, int) and value > 0 else 0
+
+        tokens_in = count("inputTokens") + count("cachedReadTokens") + count("cachedWriteTokens")
+        tokens_out = count("outputTokens") + count("thoughtTokens")
+        total = count("totalTokens")
+        if total and tokens_in + tokens_out > total:
+            tokens_in, tokens_out = count("inputTokens"), count("outputTokens")
+        self.ctx.emit(ev.Usage(agent=self.ctx.agent_id, input_tokens=tokens_in, output_tokens=tokens_out))
+
+    def _context(self, update: dict[str, Any]) -> None:
+        """`usage_update`: how many tokens the session's context holds now, of how many it can."""
+        used, size = update.get("used"), update.get("size")
+        if not isinstance(used, int):
+            return
+        data = {"context_tokens": used, "context_window": size if isinstance(size, int) else 0}
+        state = self.ctx.agent.runner_state
+        if any(state.get(k) != v for k, v in data.items()):
+            self.ctx.emit(ev.RunnerState(agent=self.ctx.agent_id, data=data))
 
     def _tool_call(self, update: dict[str, Any]) -> None:
         call_id = str(update.get("toolCallId", ""))
@@ -358,6 +416,9 @@ class AcpRunner(StdioRunner):
         text, code = _raw_output_text(update.get("rawOutput"))
         if not text:
             text = _text_of(update.get("content"))
+        why = self.not_run(call_id)
+        if why and status == "failed":
+            text = why  # mission control said no: the agent's own words may say less (or say it ran)
         self._calls.pop(call_id, None)
         self.ctx.emit(
             ev.ToolResult(
@@ -377,42 +438,27 @@ class AcpRunner(StdioRunner):
             self.spawn(self.peer.respond_error(rid, -32601, f"missionctl does not offer {method}"))
 
     def _ask(self, rid: Any, params: dict[str, Any]) -> None:
-        ctx = self.ctx
         call = params.get("toolCall") or {}
         options = [o for o in params.get("options") or [] if isinstance(o, dict)]
         call_id = str(call.get("toolCallId") or rid)
         self._flush_text()
         if call_id not in self._calls or not self._calls[call_id].get("emitted"):
             self._tool_call(call)
-        known = self._calls.get(call_id, {})
-        kind = KINDS.get(str(call.get("kind") or known.get("kind") or ""), "read")
-        summary = str(call.get("title") or known.get("title") or call_id)
-        approval_id = f"ap-{call_id}"
-        n = 1
-        while approval_id in self._approvals or approval_id in ctx.agent.pending:
-            n += 1
-            approval_id = f"ap-{call_id}-{n}"
-        raw = call.get("rawInput") or known.get("rawInput")
+        known = {**self._calls.get(call_id, {}), **{k: v for k, v in call.items() if v is not None}}
+        acp_kind = str(known.get("kind") or "")
+        kind = KINDS.get(acp_kind, "read")
+        summary = str(known.get("title") or call_id)
+        raw = known.get("rawInput")
         detail = _text_of(call.get("content")) or (json.dumps(raw, indent=1) if raw else summary)
-        key = f"{kind}:{summary.split()[0]}" if kind == "command" and summary.split() else kind
-        if key in ctx.agent.remembered:
-            always = next((o for o in options if o.get("kind") == "allow_always"), None)
-            once = always or next((o for o in options if o.get("kind") == "allow_once"), None)
-            if once is not None and self.peer is not None:
-                answer = {"outcome": {"outcome": "selected", "optionId": once.get("optionId")}}
-                self.spawn(self.peer.respond(rid, answer))
-                return
-        self._approvals[approval_id] = (rid, options)
-        ctx.emit(
-            ev.ApprovalRequested(
-                agent=ctx.agent_id,
-                approval_id=approval_id,
-                call_id=call_id,
-                tool="shell" if kind == "command" else str(call.get("kind") or known.get("kind") or "tool"),
-                kind=kind,
-                summary=summary[:300],
-                detail=detail,
-                remember_key=key,
-            )
+        command = command_of(known) if kind == "command" else ""
+        key = remember_key(kind, command, tool="" if acp_kind in KNOWN_KINDS else acp_kind or "other")
+        question = Question(
+            approval_id=self.new_approval_id(call_id),
+            call_id=call_id,
+            key=key,
+            summary=command or summary,
+            handle=(rid, options),
         )
-        ctx.status("waiting", f"{kind}: {summary}"[:200])
+        tool = "shell" if kind == "command" else acp_kind or "tool"
+        if self.ask(question, tool=tool, kind=kind, summary=summary, detail=detail):
+            self.spawn(self.answer(question, "approve", ""))

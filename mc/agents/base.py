@@ -11,7 +11,14 @@ from typing import Any
 from mc import events as ev
 from mc.agent import Agent
 from mc.config import AgentConfig, Config
-from mc.tools import allowed_by_prefix
+from mc.tools import allowed_by_prefix, command_key
+
+#: The result of a call the engineer denied (the model reads it, or the log shows it); see `denied_text`.
+DENIED = "The engineer denied this call."
+#: The result of a call that waited for approval when the engineer interrupted the turn: it never ran.
+NOT_RUN_INTERRUPTED = "Not run: the engineer interrupted the turn before this call was approved."
+#: The result of a call that waited for approval when the engineer gave a new instruction: it never ran.
+NOT_RUN_REDIRECTED = "Not run: the engineer interrupted the turn to give a new instruction."
 
 
 def needs_approval(policy: str, kind: str, command: str, allow: list[str]) -> bool:
@@ -23,6 +30,28 @@ def needs_approval(policy: str, kind: str, command: str, allow: list[str]) -> bo
     if policy == "commands":
         return kind == "command" and not allowed_by_prefix(command, allow)
     return True  # always, and anything unknown: ask
+
+
+def remember_key(kind: str, command: str = "", tool: str = "") -> str:
+    """What approve-all remembers of a call, in every runner: `command:` and mc.tools.command_key of a command
+    (program and subcommand; a compound command only itself), `tool:<name>` for a tool whose kind mission
+    control does not know, else the kind ("write", "read")."""
+    if kind == "command":
+        return "command:" + command_key(command)
+    if tool:
+        return f"tool:{tool}"
+    return kind
+
+
+def denied_text(reason: str = "") -> str:
+    """What a denied call's result says: the denial and the engineer's reason."""
+    return DENIED + (f" Their reason: {reason}" if reason else "")
+
+
+def deny_note(summary: str, reason: str) -> str:
+    """The engineer's reason for a denial, as a message for the model of an agent whose protocol cannot carry
+    a reason with the answer itself."""
+    return f"The engineer denied `{summary}`. Their reason: {reason}"
 
 
 class RunnerError(Exception):
@@ -54,13 +83,32 @@ class RunnerContext:
             self.emit(ev.StatusChanged(agent=self.agent_id, status=status, previous=self.agent.status, reason=reason))
 
 
+@dataclass
+class Question:
+    """A call of the agent that waits for the engineer, and what its runner needs to answer the agent."""
+
+    approval_id: str
+    call_id: str
+    key: str
+    """Its remember-key (`remember_key`)."""
+    summary: str = ""
+    handle: Any = None
+    """The protocol's side: the request id to answer, the options offered …"""
+
+
 class Runner(abc.ABC):
-    """One agent's driver. Methods are called on the event loop; long work runs in tasks the runner owns."""
+    """One agent's driver. Methods are called on the event loop; long work runs in tasks the runner owns.
+
+    A runner that speaks an agent's protocol asks through `ask` and answers in `answer`; `resolve`,
+    approve-all and the results of calls that never ran are handled here, the same for every runner.
+    """
 
     kind: str = "base"
 
     def __init__(self, ctx: RunnerContext) -> None:
         self.ctx = ctx
+        self.questions: dict[str, Question] = {}
+        self._not_run: dict[str, str] = {}  # call id → why it did not run, until its result is written
 
     @abc.abstractmethod
     async def start(self, task: str) -> None:
@@ -70,9 +118,83 @@ class Runner(abc.ABC):
     async def send(self, text: str) -> None:
         """Redirect: stop the current turn if one runs, and continue the conversation with `text`."""
 
-    @abc.abstractmethod
     async def resolve(self, approval_id: str, decision: str, reason: str = "") -> None:
-        """Answer a pending approval: approve, approve_all or deny (with an optional reason)."""
+        """Answer a pending approval: approve, approve_all or deny (with an optional reason).
+
+        Approve-all also lets through the other waiting calls with the same remember-key; the calls after
+        it are let through by `ask`, from the agent's memory, for the rest of the run. The agent itself is
+        only ever told "this once", so that nothing outlives the run in the agent's own settings."""
+        question = self.questions.pop(approval_id, None)
+        if question is None:
+            raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
+        if decision == "deny":
+            self._not_run[question.call_id] = denied_text(reason)
+            await self.answer(question, "deny", reason)
+        else:
+            await self.answer(question, "approve", "")
+        if decision == "approve_all":
+            for other in [q for q in self.questions.values() if q.key == question.key]:
+                del self.questions[other.approval_id]
+                self.ctx.emit(
+                    ev.ApprovalResolved(agent=self.ctx.agent_id, approval_id=other.approval_id, decision="approve")
+                )
+                await self.answer(other, "approve", "")
+        if not self.questions and self.ctx.agent.status == "waiting":
+            self.ctx.status("running")
+
+    # -- approvals: the shared half (a runner translates its protocol's question into `ask`) ---------------
+    def new_approval_id(self, call_id: str) -> str:
+        """`ap-<call id>`, made unique among the questions of this agent."""
+        approval_id, n = f"ap-{call_id}", 1
+        while approval_id in self.questions or approval_id in self.ctx.agent.pending:
+            n += 1
+            approval_id = f"ap-{call_id}-{n}"
+        return approval_id
+
+    def ask(self, question: Question, *, tool: str, kind: str, summary: str, detail: str) -> bool:
+        """The agent asks to run a call. True when approve-all already covers it (answer `approve` at once);
+        else the question waits for the engineer (ApprovalRequested, status waiting) and False."""
+        if question.key in self.ctx.agent.remembered:
+            return True
+        question.summary = question.summary or summary
+        self.questions[question.approval_id] = question
+        self.ctx.emit(
+            ev.ApprovalRequested(
+                agent=self.ctx.agent_id,
+                approval_id=question.approval_id,
+                call_id=question.call_id,
+                tool=tool,
+                kind=kind,
+                summary=summary[:300],
+                detail=detail,
+                remember_key=question.key,
+            )
+        )
+        self.ctx.status("waiting", f"{kind}: {summary}"[:200])
+        return False
+
+    async def answer(self, question: Question, decision: str, reason: str) -> None:
+        """Tell the agent a decision in its protocol: "approve" (this once), "deny" (with the engineer's
+        reason, which the model must get to read) or "cancel" (the turn stops). Runners that `ask` define it."""
+        raise NotImplementedError
+
+    async def cancel_questions(self, why: str, decision: str = "cancel") -> None:
+        """Answer every waiting question with `decision` ("cancel" for an interrupt, "deny" for a redirect):
+        their calls never ran, and their results say `why`."""
+        questions, self.questions = self.questions, {}
+        for question in questions.values():
+            self._not_run[question.call_id] = why
+            await self.answer(question, decision, why)
+
+    def not_run(self, call_id: str) -> str | None:
+        """Why a call mission control said no to did not run (its result should say so), or None."""
+        return self._not_run.pop(call_id, None)
+
+    def close_not_run(self) -> None:
+        """Write the result of every call mission control said no to whose agent reported no result."""
+        pending, self._not_run = self._not_run, {}
+        for call_id, text in pending.items():
+            self.ctx.emit(ev.ToolResult(agent=self.ctx.agent_id, call_id=call_id, ok=False, output=text))
 
     @abc.abstractmethod
     async def interrupt(self) -> None:

@@ -22,7 +22,15 @@ from typing import Any
 import openai
 
 from mc import events as ev
-from mc.agents.base import Runner, RunnerContext, RunnerError, needs_approval
+from mc.agents.base import (
+    NOT_RUN_INTERRUPTED,
+    NOT_RUN_REDIRECTED,
+    Runner,
+    RunnerContext,
+    RunnerError,
+    denied_text,
+    needs_approval,
+)
 from mc.tools import TOOLS, Refusal, Workspace, command_key, openai_tools, preview, run_tool, safe_env
 
 SYSTEM_PROMPT = """\
@@ -33,10 +41,16 @@ the current directory. Some calls need the engineer's approval: if one is denied
 adapt. Keep answers short. When the task is done, say in a few lines what you changed and stop.
 Platform: {platform}."""
 
-#: Said to the model for a call that never ran to the end.
-INTERRUPTED = "This call was interrupted by the engineer before it finished; it may have run partly."
+#: Said to the model for a call that never ran to the end: (it had started, it had not started yet).
+INTERRUPTED = (
+    "This call was interrupted by the engineer before it finished; it may have run partly.",
+    NOT_RUN_INTERRUPTED,
+)
+REDIRECTED = (
+    "This call was stopped before it finished: the engineer gave a new instruction. It may have run partly.",
+    NOT_RUN_REDIRECTED,
+)
 NOT_RUN_RESTART = "This call did not finish: mission control restarted while it ran. Check its effect before retrying."
-REDIRECTED = "Not run: the engineer interrupted the turn to give a new instruction."
 
 
 class ModelFailed(Exception):
@@ -152,6 +166,7 @@ class BuiltinRunner(Runner):
         self._task: asyncio.Task[None] | None = None
         self._approvals: dict[str, asyncio.Future[tuple[str, str]]] = {}
         self._cancel_reason = INTERRUPTED
+        self._running: set[str] = set()  # calls whose tool has started
         self._detaching = False
 
     # -- protocol ----------------------------------------------------------------------------------
@@ -212,7 +227,7 @@ class BuiltinRunner(Runner):
             self.ctx.status("running")
         self._task = asyncio.get_running_loop().create_task(self._turn(after_restart))
 
-    async def _stop_turn(self, reason: str) -> None:
+    async def _stop_turn(self, reason: tuple[str, str]) -> None:
         task = self._task
         if task is None or task.done():
             return
@@ -263,8 +278,10 @@ class BuiltinRunner(Runner):
             ctx.status("idle", "turn done")
         except asyncio.CancelledError:
             if not self._detaching:  # closing: leave the conversation for the next start
+                partly, not_run = self._cancel_reason
                 for call in outstanding_calls(ctx.agent.conversation):
-                    self._answer(call, self._cancel_reason, ok=False)
+                    self._answer(call, partly if call["id"] in self._running else not_run, ok=False)
+            self._running.clear()
             for fut in self._approvals.values():
                 if not fut.done():
                     fut.cancel()
@@ -352,10 +369,7 @@ class BuiltinRunner(Runner):
             if not ctx.agent.pending:
                 ctx.status("running")
             if decision == "deny":
-                text = "The engineer denied this call."
-                if reason:
-                    text += f" Their reason: {reason}"
-                self._answer(call, text, ok=False)
+                self._answer(call, denied_text(reason), ok=False)
                 return
         await self._run(call, name, args)
 
@@ -366,6 +380,7 @@ class BuiltinRunner(Runner):
         def on_output(text: str) -> None:
             ctx.emit(ev.ToolOutput(agent=ctx.agent_id, call_id=call["id"], text=text))
 
+        self._running.add(call["id"])
         try:
             outcome = await run_tool(
                 name,
@@ -377,9 +392,11 @@ class BuiltinRunner(Runner):
                 tag=ctx.tag,
             )
         except Refusal as exc:
+            self._running.discard(call["id"])
             ctx.emit(ev.Refused(agent=ctx.agent_id, call_id=call["id"], tool=name, reason=str(exc)))
             self._answer(call, f"refused: {exc}", ok=False)
             return
+        self._running.discard(call["id"])
         if not outcome.ok and outcome.exit_code is None and "bubblewrap is not installed" in outcome.output:
             ctx.emit(ev.Refused(agent=ctx.agent_id, call_id=call["id"], tool=name, reason=outcome.output.strip()))
         self._answer(call, outcome.output, ok=outcome.ok, exit_code=outcome.exit_code)

@@ -13,22 +13,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
 import shlex
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from mc import events as ev
 from mc.agents._stdio import SETUP_TIMEOUT, RpcError, StdioRunner, child_env, find_binary
-from mc.agents.base import RunnerContext
+from mc.agents.base import (
+    NOT_RUN_INTERRUPTED,
+    NOT_RUN_REDIRECTED,
+    Question,
+    RunnerContext,
+    deny_note,
+    remember_key,
+)
 
 #: The Codex CLI version this runner is tested with (scripts/install-tools.sh installs it).
 CODEX_VERSION = "0.171.0"
-#: Older versions lack parts of the app-server protocol used here.
-MIN_VERSION = (0, 171, 0)
+#: The oldest Codex CLI a test runs the runner's flows with (scripts/install-tools.sh installs it into
+#: .cache/npm-codex-<version>). Any version whose app-server offers all of `REQUIRED` is accepted.
+TESTED_FROM = (0, 169, 0)
+#: What the runner uses of the app-server protocol, as its JSON schema names it (`codex app-server
+#: generate-json-schema`): (where, name, what it is for). A version that lacks one is refused, naming it.
+REQUIRED = (
+    ("ClientRequest", "thread/start", "starting a thread"),
+    ("ClientRequest", "thread/resume", "resume"),
+    ("ClientRequest", "turn/start", "starting a turn"),
+    ("ClientRequest", "turn/steer", "redirect"),
+    ("ClientRequest", "turn/interrupt", "interrupt"),
+    ("ServerRequest", "item/commandExecution/requestApproval", "approving commands"),
+    ("ServerRequest", "item/fileChange/requestApproval", "approving file changes"),
+    ("ServerNotification", "item/agentMessage/delta", "streamed text"),
+    ("ServerNotification", "item/started", "tool calls"),
+    ("ServerNotification", "item/completed", "tool results"),
+    ("ServerNotification", "item/commandExecution/outputDelta", "streamed command output"),
+    ("ServerNotification", "thread/tokenUsage/updated", "token usage"),
+    ("ServerNotification", "turn/completed", "the end of a turn"),
+    ("ServerNotification", "error", "errors"),
+    ("TurnSteerParams", "expectedTurnId", "redirect"),
+    ("ErrorNotification", "willRetry", "giving up on an unreachable endpoint"),
+    ("CommandExecutionApprovalDecision", "accept", "approving commands"),
+    ("CommandExecutionApprovalDecision", "decline", "denying commands"),
+    ("CommandExecutionApprovalDecision", "cancel", "interrupting a waiting command"),
+    ("FileChangeApprovalDecision", "decline", "denying file changes"),
+)
 BIN_ENV = "MC_CODEX_BIN"
 HOME_ENV = "MC_CODEX_HOME"
 INSTALL_HINT = (
@@ -53,24 +87,91 @@ def _version_text(version: tuple[int, ...]) -> str:
     return ".".join(str(x) for x in version)
 
 
+def _schema_names(schema: dict[str, Any]) -> dict[str, set[str]]:
+    """Where → the names the app-server's JSON schema offers there (methods, fields, enum values)."""
+    defs = schema.get("definitions") or {}
+    v2 = defs.get("v2") if isinstance(defs.get("v2"), dict) else {}
+    names: dict[str, set[str]] = {}
+    for where in {w for w, _, _ in REQUIRED}:
+        node = defs.get(where) or v2.get(where) or {}
+        found: set[str] = set(node.get("properties") or {})
+        for option in node.get("oneOf") or []:
+            if not isinstance(option, dict):
+                continue
+            found.update(str(v) for v in option.get("enum") or [])
+            method = (option.get("properties") or {}).get("method") or {}
+            found.update(str(v) for v in method.get("enum") or [])
+        names[where] = found
+    return names
+
+
+def missing_protocol(schema: dict[str, Any]) -> list[str]:
+    """What the runner needs that this app-server schema lacks: ["turn/steer (redirect)", …]."""
+    names = _schema_names(schema)
+    return [f"{name} ({what})" for where, name, what in REQUIRED if name not in names.get(where, set())]
+
+
+@functools.lru_cache(maxsize=8)
+def _inspect(binary: str, stamp: tuple[int, int]) -> tuple[tuple[int, ...] | None, list[str] | None, str]:
+    """(its version, what its app-server lacks — None when it cannot say —, why it cannot say). Blocking."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, None, f"it does not run ({exc})"
+    version = parse_version(out.stdout)
+    with tempfile.TemporaryDirectory(prefix="mc-codex-schema-") as tmp:
+        try:
+            done = subprocess.run(
+                [binary, "app-server", "generate-json-schema", "--out", tmp],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return version, None, f"`app-server generate-json-schema` did not run ({exc})"
+        try:
+            schema = json.loads((Path(tmp) / "codex_app_server_protocol.schemas.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            said = (done.stderr or done.stdout).strip().splitlines()
+            detail = f": {said[-1][:200]}" if said else ""
+            return version, None, f"`app-server generate-json-schema` gave no protocol schema{detail}"
+    return version, missing_protocol(schema), ""
+
+
+def inspect_binary(binary: str) -> tuple[tuple[int, ...] | None, str]:
+    """(its version, "" when it offers everything the runner uses, else the one-line reason and fix).
+    Blocking; the answer is kept while the file stays the same."""
+    try:
+        st = os.stat(binary)
+        stamp = (st.st_mtime_ns, st.st_size)
+    except OSError:
+        stamp = (0, 0)
+    version, missing, why = _inspect(binary, stamp)
+    name = f"Codex {_version_text(version)}" if version else "a Codex CLI of unknown version"
+    oldest = _version_text(TESTED_FROM)
+    if missing is None:
+        return version, f"{binary} is {name}, and {why}: use Codex {oldest} or later ({INSTALL_HINT})"
+    if missing:
+        lacks = ", ".join(missing)
+        return version, f"{binary} is {name}, whose app-server lacks {lacks}: upgrade it to {oldest} or later"
+    return version, ""
+
+
 def available() -> tuple[bool, str]:
     """Whether the codex runner can run here, and a line saying what was found (for `missionctl doctor`)."""
     binary = codex_binary()
     if binary is None:
         return False, f"codex not found: {INSTALL_HINT}"
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"{binary} does not run ({exc}): {INSTALL_HINT}"
-    version = parse_version(out.stdout)
-    if version is None:
-        return False, f"{binary} --version printed {out.stdout.strip()[:80]!r}: {INSTALL_HINT}"
-    if version < MIN_VERSION:
-        return (
-            False,
-            f"codex {_version_text(version)} at {binary} is older than {_version_text(MIN_VERSION)}: upgrade it",
-        )
-    return True, f"codex {_version_text(version)} at {binary}"
+    version, problem = inspect_binary(binary)
+    if problem:
+        return False, problem
+    text = f"codex {_version_text(version) if version else '(version unknown)'} at {binary}"
+    if version is None or version < TESTED_FROM:
+        text += f"; it offers what the runner uses, but the oldest version tested is {_version_text(TESTED_FROM)}"
+    return True, text
 
 
 def approval_policy(policy: str) -> str:
@@ -169,14 +270,6 @@ def command_text(item: dict[str, Any]) -> str:
     return command
 
 
-def _command_key(command: str) -> str:
-    words = command.split()
-    if not words:
-        return "command:"
-    key = words[0] if len(words) == 1 or words[1].startswith("-") else " ".join(words[:2])
-    return "command:" + key
-
-
 class CodexRunner(StdioRunner):
     """Drives `codex app-server` for one agent."""
 
@@ -190,11 +283,12 @@ class CodexRunner(StdioRunner):
         self._turn_done: asyncio.Event = asyncio.Event()
         self._turn_done.set()
         self._interrupting = False
-        self._approvals: dict[str, tuple[Any, str]] = {}  # approval id → (request id, method)
         self._items: dict[str, dict[str, Any]] = {}
         self._texts: dict[str, str] = {}
         self._usage_total = (0, 0)
         self._thread_loaded = False
+        self._retries = 0  # retryable errors since the model last answered
+        self._note = ""  # a denial's reason that steering could not deliver: the next turn says it
 
     @property
     def busy(self) -> bool:
@@ -215,6 +309,10 @@ class CodexRunner(StdioRunner):
         binary = codex_binary()
         if binary is None:
             raise RpcError(f"codex not found: {INSTALL_HINT}")
+        if os.path.isfile(binary):  # a missing one fails below with the launcher's words
+            _version, problem = await asyncio.to_thread(inspect_binary, binary)
+            if problem:
+                raise RpcError(problem)
         own_home = os.environ.get(HOME_ENV, "").strip()
         home = Path(own_home).expanduser() if own_home else await asyncio.to_thread(prepare_home, ctx, "codex-home")
         await self.shutdown()
@@ -223,7 +321,7 @@ class CodexRunner(StdioRunner):
         except RpcError as exc:
             raise RpcError(f"{exc}: {INSTALL_HINT}") from None
         try:
-            info = await peer.request(
+            await peer.request(
                 "initialize",
                 {"clientInfo": {"name": "missionctl", "title": "missionctl", "version": "1"}},
                 timeout=SETUP_TIMEOUT,
@@ -232,13 +330,6 @@ class CodexRunner(StdioRunner):
             raise RpcError(
                 f"{binary} app-server did not initialize ({exc}): is it a Codex CLI? {INSTALL_HINT}"
             ) from None
-        agent_text = str((info or {}).get("userAgent", ""))
-        version = parse_version(agent_text)
-        if version is not None and version < MIN_VERSION:
-            raise RpcError(
-                f"{binary} is Codex {_version_text(version)}, older than {_version_text(MIN_VERSION)}: "
-                f"upgrade it ({INSTALL_HINT})"
-            )
         await peer.notify("initialized")
         params: dict[str, Any] = {
             "cwd": str(ctx.worktree),
@@ -266,13 +357,15 @@ class CodexRunner(StdioRunner):
 
     def on_exit(self) -> None:
         self._thread_loaded = False
-        self._approvals.clear()
+        self.questions.clear()
+        self.close_not_run()
         self.turn_id = ""
         self._turn_done.set()
 
     async def _start_turn(self, text: str) -> None:
         self._turn_done.clear()
         self._interrupting = False
+        self._retries = 0
         try:
             await self._ensure_session()
             assert self.peer is not None
@@ -289,61 +382,45 @@ class CodexRunner(StdioRunner):
         if turn.get("id") and not self.turn_id:
             self.turn_id = str(turn["id"])
 
+    async def _steer(self, text: str) -> bool:
+        """Add `text` to the turn that runs; False when no turn runs any more."""
+        if not (self.alive and self.turn_id and not self._turn_done.is_set() and self.peer is not None):
+            return False
+        steer = {"threadId": self.thread_id, "expectedTurnId": self.turn_id, "input": [{"type": "text", "text": text}]}
+        try:
+            await self.peer.request("turn/steer", steer, timeout=SETUP_TIMEOUT)
+        except RpcError:
+            return False  # the turn ended meanwhile
+        return True
+
     # -- protocol (ours) -------------------------------------------------------------------------------
     async def start(self, task: str) -> None:
         self._turn_done.clear()
         self.spawn(self._start_turn(task))
 
     async def send(self, text: str) -> None:
-        await self._answer_all("decline")
-        if self.alive and self.turn_id and not self._turn_done.is_set() and self.peer is not None:
-            try:
-                await self.peer.request(
-                    "turn/steer",
-                    {
-                        "threadId": self.thread_id,
-                        "expectedTurnId": self.turn_id,
-                        "input": [{"type": "text", "text": text}],
-                    },
-                    timeout=SETUP_TIMEOUT,
-                )
-                self.ctx.status("running")
-                return
-            except RpcError:
-                pass  # the turn ended meanwhile: start a new one
+        await self.cancel_questions(NOT_RUN_REDIRECTED, "deny")
+        if self._note:
+            text, self._note = f"{self._note}\n\n{text}", ""
+        if await self._steer(text):
+            self.ctx.status("running")
+            return
         self._turn_done.clear()
         self.spawn(self._start_turn(text))
 
-    async def resolve(self, approval_id: str, decision: str, reason: str = "") -> None:
-        from mc.agents.base import RunnerError
-
-        entry = self._approvals.pop(approval_id, None)
-        if entry is None or self.peer is None:
-            raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
-        rid, _method = entry
-        answer = {"approve": "accept", "approve_all": "acceptForSession"}.get(decision, "decline")
-        await self.peer.respond(rid, {"decision": answer})
-        if not self._approvals and self.ctx.agent.status == "waiting":
-            self.ctx.status("running")
-        if answer == "decline" and reason and self.turn_id and self.peer is not None:
-            steer = {
-                "threadId": self.thread_id,
-                "expectedTurnId": self.turn_id,
-                "input": [{"type": "text", "text": f"The engineer denied that, saying: {reason}"}],
-            }
-            with contextlib.suppress(RpcError):
-                await self.peer.request("turn/steer", steer, timeout=SETUP_TIMEOUT)
-
-    async def _answer_all(self, decision: str) -> None:
-        approvals, self._approvals = self._approvals, {}
+    async def answer(self, question: Question, decision: str, reason: str) -> None:
         if self.peer is None:
             return
-        for rid, _method in approvals.values():
-            await self.peer.respond(rid, {"decision": decision})
+        if decision == "deny" and reason and not await self._steer(deny_note(question.summary, reason)):
+            self._note = deny_note(question.summary, reason)
+        # approve-all is mission control's memory: Codex is told "accept" (this once), never "for the session"
+        answer = {"approve": "accept", "deny": "decline"}.get(decision, "cancel")
+        await self.peer.respond(question.handle, {"decision": answer})
 
     async def interrupt(self) -> None:
         self._interrupting = True
-        await self._answer_all("cancel")
+        self._note = ""
+        await self.cancel_questions(NOT_RUN_INTERRUPTED)
         if self.alive and self.turn_id and not self._turn_done.is_set() and self.peer is not None:
             with contextlib.suppress(RpcError):
                 await self.peer.request("turn/interrupt", {"threadId": self.thread_id, "turnId": self.turn_id}, 10)
@@ -364,7 +441,7 @@ class CodexRunner(StdioRunner):
         self.ctx.status("interrupted", "mission control restarted while Codex waited for approval; resume to ask again")
 
     async def kill(self) -> None:
-        self._approvals.clear()
+        self.questions.clear()
         await super().kill()
         self._turn_done.set()
 
@@ -378,6 +455,7 @@ class CodexRunner(StdioRunner):
             self.turn_id = str((params.get("turn") or {}).get("id", self.turn_id))
             self._turn_done.clear()
         elif method == "item/agentMessage/delta":
+            self._retries = 0
             delta = str(params.get("delta", ""))
             self._texts[str(params.get("itemId"))] = self._texts.get(str(params.get("itemId")), "") + delta
             if delta:
@@ -391,6 +469,7 @@ class CodexRunner(StdioRunner):
             if delta:
                 ctx.emit(ev.ToolOutput(agent=aid, call_id=str(params.get("itemId", "")), text=delta))
         elif method == "thread/tokenUsage/updated":
+            self._retries = 0
             total = ((params.get("tokenUsage") or {}).get("total")) or {}
             now = (int(total.get("inputTokens") or 0), int(total.get("outputTokens") or 0))
             before = self._usage_total
@@ -400,14 +479,53 @@ class CodexRunner(StdioRunner):
             if now != before:
                 ctx.emit(ev.Usage(agent=aid, input_tokens=now[0] - before[0], output_tokens=now[1] - before[1]))
         elif method == "error":
-            error = params.get("error") or {}
-            message = str(error.get("message") or "unknown error")
-            retry = bool(params.get("willRetry"))
-            ctx.emit(ev.ErrorEvent(agent=aid, message=f"codex: {message}" + (" (retrying)" if retry else "")))
+            self._error(params)
         elif method == "turn/completed":
             self._turn_completed(params.get("turn") or {})
         elif method == "serverRequest/resolved":
             pass
+
+    def _error(self, params: dict[str, Any]) -> None:
+        """An error of the turn. Codex retries an unreachable endpoint without end ("Reconnecting... waiting
+        for network"): after [model] max_retries retries the turn stops and the agent fails, naming it."""
+        ctx = self.ctx
+        error = params.get("error") or {}
+        message = str(error.get("message") or "unknown error")
+        details = str(error.get("additionalDetails") or "")
+        if details and details not in message:
+            message += f" ({details})"
+        if not params.get("willRetry"):
+            ctx.emit(ev.ErrorEvent(agent=ctx.agent_id, message=f"codex: {message}"))
+            return
+        allowed = ctx.config.model.max_retries
+        self._retries += 1
+        if self._retries <= allowed:
+            ctx.emit(
+                ev.ErrorEvent(agent=ctx.agent_id, message=f"codex: {message} (retry {self._retries} of {allowed})")
+            )
+            return
+        if self._interrupting:
+            return
+        url = ctx.config.model.base_url
+        tries = f"{allowed} retr{'y' if allowed == 1 else 'ies'}"
+        self.spawn(
+            self._give_up(
+                f"codex: the model endpoint {url} did not answer: {message}; gave up after {tries} "
+                "([model] max_retries): check [model] base_url and that the server runs, then resume"
+            )
+        )
+
+    async def _give_up(self, message: str) -> None:
+        self._interrupting = True
+        self._note = ""
+        await self.cancel_questions(NOT_RUN_INTERRUPTED)
+        if self.alive and self.turn_id and self.peer is not None:
+            with contextlib.suppress(RpcError):
+                await self.peer.request("turn/interrupt", {"threadId": self.thread_id, "turnId": self.turn_id}, 10)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._turn_done.wait(), 10)
+        self.fail(message)
+        self._failed = False  # the thread lives on: resume can start another turn
 
     def _item_started(self, item: dict[str, Any]) -> None:
         ctx = self.ctx
@@ -453,8 +571,9 @@ class CodexRunner(StdioRunner):
             status = str(item.get("status", ""))
             code = item.get("exitCode")
             output = item.get("aggregatedOutput")
+            why = self.not_run(item_id)
             if status == "declined":
-                output = output or "declined"
+                output = why or output or "declined"
             ctx.emit(
                 ev.ToolResult(
                     agent=ctx.agent_id,
@@ -468,12 +587,13 @@ class CodexRunner(StdioRunner):
             self._items.pop(item_id, None)
             status = str(item.get("status", ""))
             paths = [str(c.get("path", "")) for c in item.get("changes") or [] if isinstance(c, dict)]
+            why = self.not_run(item_id)
             ctx.emit(
                 ev.ToolResult(
                     agent=ctx.agent_id,
                     call_id=item_id,
                     ok=status == "completed",
-                    output=f"{status}: {', '.join(paths)}",
+                    output=why if status == "declined" and why else f"{status}: {', '.join(paths)}",
                 )
             )
 
@@ -481,10 +601,14 @@ class CodexRunner(StdioRunner):
         ctx = self.ctx
         self.turn_id = ""
         self._turn_done.set()
+        self.close_not_run()
         status = str(turn.get("status", "completed"))
         if self._interrupting or self._closing:
             return
-        if status == "completed":
+        if self._note and status == "completed":
+            note, self._note = self._note, ""
+            self.spawn(self._start_turn(note))  # the model reads the engineer's reason before it stops
+        elif status == "completed":
             ctx.status("idle", "turn done")
         elif status == "interrupted":
             ctx.status("interrupted", "the turn was stopped")
@@ -501,36 +625,23 @@ class CodexRunner(StdioRunner):
             self.spawn(self.peer.respond_error(rid, -32601, f"missionctl does not handle {method}"))
 
     def _ask(self, rid: Any, method: str, params: dict[str, Any]) -> None:
-        ctx = self.ctx
         item_id = str(params.get("itemId", ""))
-        approval_id = "ap-" + str(params.get("approvalId") or item_id or rid)
         item = self._items.get(item_id, {})
         reason = str(params.get("reason") or "")
         if method.startswith("item/commandExecution"):
             command = command_text({**item, **{k: v for k, v in params.items() if k in ("command", "commandActions")}})
             kind, tool, summary = "command", "shell", command
             detail = command + (f"\n\n{reason}" if reason else "")
-            key = _command_key(command)
+            key = remember_key("command", command)
         else:
             changes = [c for c in item.get("changes") or [] if isinstance(c, dict)]
             paths = [str(c.get("path", "")) for c in changes]
             kind, tool, summary = "write", "apply_patch", "write " + ", ".join(paths)
             detail = "\n".join(str(c.get("diff", "")) for c in changes) or reason
-            key = "write"
-        if key in ctx.agent.remembered and self.peer is not None:
-            self.spawn(self.peer.respond(rid, {"decision": "acceptForSession"}))
-            return
-        self._approvals[approval_id] = (rid, method)
-        ctx.emit(
-            ev.ApprovalRequested(
-                agent=ctx.agent_id,
-                approval_id=approval_id,
-                call_id=item_id,
-                tool=tool,
-                kind=kind,
-                summary=summary[:300],
-                detail=detail,
-                remember_key=key,
-            )
-        )
-        ctx.status("waiting", f"{kind}: {summary}"[:200])
+            key = remember_key("write")
+        approval_id = "ap-" + str(params.get("approvalId") or item_id or rid)
+        if approval_id in self.questions or approval_id in self.ctx.agent.pending:
+            approval_id = self.new_approval_id(approval_id[3:])
+        question = Question(approval_id=approval_id, call_id=item_id, key=key, handle=rid)
+        if self.ask(question, tool=tool, kind=kind, summary=summary, detail=detail):
+            self.spawn(self.answer(question, "approve", ""))
