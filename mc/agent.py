@@ -6,6 +6,7 @@ monitor follows the logs of a fleet owned by another process, so the three canno
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import deque
@@ -81,6 +82,25 @@ class AgentLog:
     def pending_text(self) -> bool:
         return any(self._partial.values())
 
+    def to_json(self) -> dict[str, Any]:
+        """The ring, its count and the unfinished lines, as plain JSON (for a checkpoint)."""
+        return {
+            "maxlen": self.lines.maxlen,
+            "lines": [list(line) for line in self.lines],
+            "total": self.total,
+            "partial": [[key, self._partial_kind.get(key, "text"), text] for key, text in self._partial.items()],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AgentLog:
+        log = cls(maxlen=data.get("maxlen", LOG_RING))
+        log.lines.extend((str(kind), str(text)) for kind, text in data.get("lines", []))
+        log.total = int(data.get("total", len(log.lines)))
+        for key, kind, text in data.get("partial", []):
+            log._partial[key] = text
+            log._partial_kind[key] = kind
+        return log
+
 
 @dataclass
 class Agent:
@@ -103,8 +123,6 @@ class Agent:
     error: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
-    usage_reported: bool = False
-    """Whether the runner ever reported token usage; while False the token counts are unknown (not zero)."""
     files_changed: int = 0
     lines_added: int = 0
     lines_removed: int = 0
@@ -144,6 +162,27 @@ class Agent:
         if not self.pending:
             return None
         return min(self.pending.values(), key=lambda p: p.ts)
+
+    # -- checkpoint --------------------------------------------------------------------------------
+    def to_snapshot(self) -> dict[str, Any]:
+        """Everything the agent's events made of it, as plain JSON: a checkpoint that `from_snapshot` turns
+        back into the same Agent, to which the events logged after it are then applied."""
+        data: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _CODECS:
+                data[f.name] = _CODECS[f.name][0](value)
+            elif value is None or isinstance(value, (str, int, float, bool)):
+                data[f.name] = value
+            else:  # a new kind of field: say so rather than checkpoint half an agent
+                raise TypeError(f"Agent.{f.name} ({type(value).__name__}) has no checkpoint codec in mc/agent.py")
+        return data
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> Agent:
+        """The Agent a `to_snapshot` checkpoint holds (fields it lacks keep their defaults)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: (_CODECS[k][1](v) if k in _CODECS else v) for k, v in data.items() if k in names})
 
     # -- reducer -----------------------------------------------------------------------------------
     def apply(self, event: ev.Event) -> None:
@@ -224,7 +263,6 @@ class Agent:
             case ev.Refused():
                 log.add("err", f"  refused: {event.reason}")
             case ev.Usage():
-                self.usage_reported = True
                 self.input_tokens += event.input_tokens
                 self.output_tokens += event.output_tokens
             case ev.ErrorEvent():
@@ -264,6 +302,25 @@ def _call_line(call: ev.ToolCall) -> str:
     if call.summary:
         return f"→ {call.summary}"
     return f"→ {call.tool}"
+
+
+def _events(items: list[dict[str, Any]], kind: type[ev.Event], key: str) -> dict[str, Any]:
+    events = [ev.event_from_dict(item) for item in items]
+    return {getattr(e, key): e for e in events if isinstance(e, kind)}
+
+
+#: How a checkpoint writes (and reads back) each field of an Agent that is not a plain JSON value.
+_CODECS: dict[str, tuple[Any, Any]] = {
+    "diff_files": (lambda v: [dataclasses.asdict(f) for f in v], lambda d: tuple(ev.FileStat(**f) for f in d)),
+    "pending": (lambda v: [e.to_dict() for e in v.values()], lambda d: _events(d, ev.ApprovalRequested, "approval_id")),
+    "remembered": (sorted, set),
+    "conversation": (list, list),
+    "runner_state": (dict, dict),
+    "tool_calls": (lambda v: [e.to_dict() for e in v.values()], lambda d: _events(d, ev.ToolCall, "call_id")),
+    "conflicts": (list, tuple),
+    "log": (AgentLog.to_json, AgentLog.from_json),
+    "streamed_calls": (sorted, set),
+}
 
 
 def replay(agent_id: str, events: list[ev.Event]) -> Agent:

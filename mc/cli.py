@@ -226,26 +226,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 async def _ls(cfg: Config) -> list[dict[str, Any]]:
     fleet = _open_fleet(cfg, readonly=True)
-    fleet._restore()
-    rows = []
-    for a in fleet.list():
-        rows.append(
-            {
-                "name": a.name,
-                "status": a.status,
-                "runner": a.runner,
-                "branch": a.branch,
-                "worktree": a.worktree,
-                "files_changed": a.files_changed,
-                "added": a.lines_added,
-                "removed": a.lines_removed,
-                "tokens": a.tokens,
-                "pending": len(a.pending),
-                "task": a.task,
-            }
-        )
-    fleet.repo.close()
-    return rows
+    try:
+        return fleet.summary()  # state.toml (and the ends of logs it lacks): never a whole log
+    finally:
+        fleet.repo.close()
 
 
 def cmd_ls(args: argparse.Namespace) -> int:

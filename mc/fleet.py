@@ -20,13 +20,13 @@ from typing import Any
 
 from mc import events as ev
 from mc import procs
-from mc.agent import Agent, AgentLog, LogLine, replay
+from mc.agent import Agent, AgentLog, LogLine
 from mc.agents import make_runner
 from mc.agents.base import Runner, RunnerContext, RunnerError
 from mc.config import AgentConfig, Config, agent_name_problem, suggest_name
 from mc.git import Diff as Diff
 from mc.git import DiffScheduler, GitError, MergeResult, Repo
-from mc.store import FleetLocked, Store, StoreError, demo_scenario
+from mc.store import FleetLocked, LogWriteError, Store, StoreError, demo_scenario
 from mc.watch import WorktreeWatcher
 
 __all__ = ["Diff", "Fleet", "FleetError", "FleetLocked", "MergeResult"]
@@ -35,8 +35,18 @@ __all__ = ["Diff", "Fleet", "FleetError", "FleetLocked", "MergeResult"]
 SETTLED = frozenset({"idle", "interrupted", "failed", "killed"})
 
 
+#: Seconds between two attempts to write what a full disk refused (the failure of an agent, state.toml).
+RETRY_WRITES = 1.0
+#: Seconds after a change of an agent's numbers (diff, tokens, approvals) before state.toml is written.
+SAVE_DELAY = 1.0
+
+
 class FleetError(Exception):
     """A command the fleet cannot carry out, as one line naming the problem and the fix."""
+
+
+class LogUnwritable(FleetError):
+    """An event could not be written to its agent's log: the agent is stopped `failed` (the message says why)."""
 
 
 Listener = Callable[[ev.Event], None]
@@ -71,6 +81,13 @@ class Fleet:
         self.watcher: WorktreeWatcher | None = None
         self._fleet_key = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
         self._preload: asyncio.Task[None] | None = None
+        self._unwritten: dict[str, ev.StatusChanged] = {}
+        """Agents stopped because their log refused an event → that failure, shown, to write once the disk can."""
+        self._halting: set[str] = set()  # their runner is being stopped: what it still says is dropped
+        self._state_unsaved = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._save_later: asyncio.TimerHandle | None = None
+        self._checkpointed: dict[str, int] = {}  # agent → log offset of its last checkpoint
         self.demo_scenario: str | None = None
         """The scenario of a fleet `missionctl demo` started (from its state); None for any other fleet."""
         self._demo_server: Any = None
@@ -166,13 +183,11 @@ class Fleet:
         ids = list(state.get("agents", {}))
         ids += [i for i in self.store.agent_ids_on_disk() if i not in ids]
         for agent_id in ids:
-            events, offset = self.store.read_events(agent_id)
-            if not events:
+            loaded = self._load_agent(agent_id)
+            if loaded is None:
                 continue
-            self.agents[agent_id] = replay(agent_id, events)
-            self._offsets[agent_id] = offset
+            agent = self.agents[agent_id] = loaded
             meta = state.get("agents", {}).get(agent_id, {})
-            agent = self.agents[agent_id]
             self.specs[agent_id] = AgentConfig(
                 name=agent.name,
                 task=agent.task,
@@ -183,14 +198,48 @@ class Fleet:
                 base=agent.base_ref,
             )
 
+    def _load_agent(self, agent_id: str) -> Agent | None:
+        """The agent its log makes (None for an empty log): its checkpoint, when it still belongs to the log,
+        and the events logged after it, read a line at a time, so that neither the time nor the memory an open
+        takes follows the size of the log. Blocking."""
+        agent: Agent | None = None
+        offset = 0
+        checkpoint = self.store.load_checkpoint(agent_id)
+        if checkpoint is not None:
+            try:
+                agent = Agent.from_snapshot(checkpoint[1])
+                offset = checkpoint[0]
+            except (TypeError, ValueError, KeyError, AttributeError):  # written by another version: replay
+                agent = None
+            if agent is not None and agent.id != agent_id:
+                agent, offset = None, 0
+        if agent is not None:
+            self._checkpointed[agent_id] = offset
+        reader = self.store.reader(agent_id, offset)
+        for event in reader:
+            if agent is None:
+                agent = Agent(id=agent_id)
+            agent.apply(event)
+        self._offsets[agent_id] = reader.offset
+        return agent
+
     async def _revive(self) -> None:
         """After a restart: leftover processes die, mid-turn agents become interrupted, pending approvals wait."""
+        for agent_id, cut in sorted(self.store.repaired.items()):
+            if agent_id in self.agents:
+                self._try_emit(
+                    ev.ErrorEvent(
+                        agent=agent_id,
+                        message=f"its log ended in half a line ({cut} bytes of a write that a crash or a full disk "
+                        "cut short): that line was dropped",
+                    )
+                )
         live = [a for a in self.agents.values() if a.status not in ev.FINAL_STATUSES or a.status == "failed"]
         tags = [self._tag(a.id) for a in live]
         await asyncio.to_thread(lambda: [procs.kill_tagged(tag) for tag in tags])
         for agent in live:
             if agent.status in ("starting", "running"):
-                self.emit(
+                self._try_emit(
                     ev.StatusChanged(
                         agent=agent.id,
                         status="interrupted",
@@ -204,7 +253,7 @@ class Fleet:
                     runner = self._runner(agent.id)
                     await runner.restore()
                 else:
-                    self.emit(ev.StatusChanged(agent=agent.id, status="interrupted", previous="waiting"))
+                    self._try_emit(ev.StatusChanged(agent=agent.id, status="interrupted", previous="waiting"))
         self._save_state()
 
     async def close(self) -> None:
@@ -220,7 +269,7 @@ class Fleet:
                 await runner.detach()
             await asyncio.to_thread(procs.kill_tagged, self._tag(agent_id))
             if was in ("starting", "running") and not self.readonly:
-                self.emit(
+                self._try_emit(
                     ev.StatusChanged(
                         agent=agent_id,
                         status="interrupted",
@@ -229,6 +278,10 @@ class Fleet:
                     )
                 )
         self._runners.clear()
+        for handle in (self._retry, self._save_later):
+            if handle is not None:
+                handle.cancel()
+        self._retry = self._save_later = None
         for task in list(self._background):
             task.cancel()
         if self._sigchld is not None:
@@ -245,7 +298,11 @@ class Fleet:
         if self.diff_scheduler is not None:
             await self.diff_scheduler.close()
         if not self.readonly and self._opened:
+            for agent_id in list(self._unwritten):  # a last attempt: the disk may take it now
+                self._write_failure(agent_id)
             self._save_state()
+            for agent_id in list(self.agents):
+                self._checkpoint(agent_id)
         if self._demo_server is not None:
             await asyncio.to_thread(self._demo_server.stop)
             self._demo_server = None
@@ -262,19 +319,135 @@ class Fleet:
 
     # -- events ----------------------------------------------------------------------------------
     def emit(self, event: ev.Event) -> None:
-        """Log an event: on disk first, then into the agent's state, then to every subscriber."""
+        """Log an event: on disk first, then into the agent's state, then to every subscriber.
+
+        An event the disk does not take is neither shown nor applied: its agent stops `failed` (shown at once,
+        written as soon as the disk takes it) and LogUnwritable says why."""
         if self.readonly:
             raise FleetError("this fleet is open read-only (a monitor): it cannot change anything")
-        self.store.append(event)
+        self._write(event)
         self._deliver(event)
+        if isinstance(event, (ev.DiffChanged, ev.Usage, ev.ApprovalRequested, ev.ApprovalResolved)):
+            self._save_state_soon()  # what `missionctl ls` shows
         if isinstance(event, ev.StatusChanged):
             self._save_state()
+            if event.status not in ("starting", "running"):
+                self._checkpoint(event.agent)
             self._update_settled()
             if event.status not in ("starting", "running", "merged", "discarded"):
                 # a turn that ends (or waits, or stops) is diffed whatever the watcher saw: no change is missed
                 self.request_diff(event.agent)
                 if event.status != "waiting":
                     self._after_turn(event.agent)
+
+    def _try_emit(self, event: ev.Event) -> bool:
+        """`emit` where a full disk must not stop what is being done (opening, closing): False if refused."""
+        try:
+            self.emit(event)
+        except LogUnwritable:
+            return False
+        return True
+
+    def _runner_emit(self, event: ev.Event) -> None:
+        """What runners emit through: an agent whose log refused an event is being stopped, so what its runner
+        still says is dropped, and a refused write is the fleet's to handle, not the runner's."""
+        if event.agent in self._halting:
+            return
+        with contextlib.suppress(LogUnwritable):
+            self.emit(event)
+
+    def _write(self, event: ev.Event) -> None:
+        agent_id = event.agent
+        if agent_id in self._unwritten and not self._write_failure(agent_id):
+            raise LogUnwritable(self._unwritten[agent_id].reason)
+        try:
+            self.store.append(event)
+        except LogWriteError as exc:
+            raise LogUnwritable(self._cannot_write(agent_id, exc)) from None
+
+    def _cannot_write(self, agent_id: str, exc: LogWriteError) -> str:
+        """The agent's log refused an event: stop the agent `failed` and show it at once; write that down from
+        the reserve if the disk is full, else as soon as the disk takes it. Returns the reason."""
+        if exc.disk_full:
+            reason = f"disk full at {self.state_dir}: free space there, then resume the agent"
+        else:
+            reason = f"its log cannot be written ({exc}): fix that, then resume the agent"
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            return reason
+        if agent_id in self._unwritten:
+            return self._unwritten[agent_id].reason
+        failure = ev.StatusChanged(agent=agent_id, status="failed", previous=agent.status, reason=reason)
+        self._unwritten[agent_id] = failure
+        self._halting.add(agent_id)
+        self._deliver(failure)
+        self._update_settled()
+        if exc.disk_full:
+            self.store.free_reserve()
+        self._write_failure(agent_id)
+        self._retry_soon()
+        with contextlib.suppress(RuntimeError):  # no loop: nothing runs that needs stopping
+            task = asyncio.get_running_loop().create_task(self._halt(agent_id), name=f"stop {agent_id}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return reason
+
+    async def _halt(self, agent_id: str) -> None:
+        """Stop the runner (and every process) of an agent whose log refused an event, answering nothing."""
+        try:
+            runner = self._runners.pop(agent_id, None)
+            if runner is not None:
+                with contextlib.suppress(Exception):
+                    await runner.detach()
+            await asyncio.to_thread(procs.kill_tagged, self._tag(agent_id))
+        finally:
+            self._halting.discard(agent_id)
+
+    def _write_failure(self, agent_id: str) -> bool:
+        """Write the failure of an agent that its log refused an event, if the disk takes it now."""
+        failure = self._unwritten.get(agent_id)
+        if failure is None:
+            return True
+        try:
+            self.store.append(failure)
+        except LogWriteError:
+            return False
+        del self._unwritten[agent_id]
+        self._save_state()
+        self._checkpoint(agent_id)
+        return True
+
+    def _retry_soon(self) -> None:
+        if self._retry is not None or self.readonly:
+            return
+        with contextlib.suppress(RuntimeError):
+            self._retry = asyncio.get_running_loop().call_later(RETRY_WRITES, self._retry_writes)
+
+    def _retry_writes(self) -> None:
+        """What a full disk refused, tried again: the agents' failures, state.toml, then the reserve."""
+        self._retry = None
+        for agent_id in list(self._unwritten):
+            if agent_id not in self._halting:
+                self._write_failure(agent_id)
+        if self._state_unsaved:
+            self._save_state()
+        if self._unwritten or self._state_unsaved or not self.store.make_reserve():
+            self._retry_soon()
+
+    def _checkpoint(self, agent_id: str) -> None:
+        """Keep the agent's state as of the end of its log, so that the next open replays only what follows.
+        Best effort: without it the next open replays more, nothing else."""
+        agent = self.agents.get(agent_id)
+        if agent is None or self.readonly or agent_id in self._unwritten:
+            return
+        offset = self.store.log_size(agent_id)
+        if self._checkpointed.get(agent_id) == offset:
+            return
+        try:
+            self.store.save_checkpoint(agent_id, agent.to_snapshot(), offset)
+        except (OSError, TypeError, ValueError):
+            return
+        self._checkpointed[agent_id] = offset
 
     def _deliver(self, event: ev.Event) -> None:
         agent = self.agents.get(event.agent)
@@ -369,12 +542,66 @@ class Fleet:
     def full_log(self, agent_id: str) -> list[LogLine]:
         """Every log line of an agent, rebuilt from its whole event log on disk (the ring in memory keeps only
         the last ones). Blocking: call it in a thread."""
-        events, _ = self.store.read_events(agent_id)
         agent = Agent(id=agent_id, log=AgentLog(maxlen=None))
-        for event in events:
+        for event in self.store.iter_events(agent_id):  # a line at a time: only the log lines are kept
             agent.apply(event)
         agent.log.flush()
         return list(agent.log.lines)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """What `missionctl ls` shows of each agent, from state.toml; an agent it lacks (or the numbers an older
+        version did not write there) from the first event and the last megabyte of its log. No log is read
+        whole: the cost does not follow the size of the logs. Blocking."""
+        table = self.store.load_state().get("agents", {})
+        rows = []
+        for agent_id in list(table) + [i for i in self.store.agent_ids_on_disk() if i not in table]:
+            meta = dict(table.get(agent_id, {}))
+            if "status" not in meta or "files_changed" not in meta:
+                known = self._known_from_log_ends(agent_id)
+                if known is None:
+                    continue
+                for key, value in known.items():
+                    meta.setdefault(key, value)
+            rows.append(
+                {
+                    "name": str(meta.get("name") or agent_id),
+                    "status": str(meta.get("status", "")),
+                    "runner": str(meta.get("runner", "")),
+                    "branch": str(meta.get("branch", "")),
+                    "worktree": str(meta.get("worktree", "")),
+                    "files_changed": int(meta.get("files_changed", 0)),
+                    "added": int(meta.get("added", 0)),
+                    "removed": int(meta.get("removed", 0)),
+                    "tokens": int(meta.get("input_tokens", 0)) + int(meta.get("output_tokens", 0)),
+                    "pending": int(meta.get("pending", 0)),
+                    "task": str(meta.get("task", "")),
+                }
+            )
+        return rows
+
+    def _known_from_log_ends(self, agent_id: str) -> dict[str, Any] | None:
+        """An agent's summary from the first event and the end of its log (tokens before that end are not
+        counted); None for an empty log."""
+        first, tail = self.store.tail_events(agent_id)
+        if first is None and not tail:
+            return None
+        agent = Agent(id=agent_id)
+        for event in [first, *tail] if isinstance(first, ev.AgentCreated) else tail:
+            agent.apply(event)
+        return {
+            "name": agent.name,
+            "status": agent.status,
+            "runner": agent.runner,
+            "branch": agent.branch,
+            "worktree": agent.worktree,
+            "task": agent.task,
+            "pending": len(agent.pending),
+            "files_changed": agent.files_changed,
+            "added": agent.lines_added,
+            "removed": agent.lines_removed,
+            "input_tokens": agent.input_tokens,
+            "output_tokens": agent.output_tokens,
+        }
 
     def diff(self, agent_id: str) -> Diff | None:
         return self.diffs.get(agent_id)
@@ -500,7 +727,7 @@ class Fleet:
                 config=self.config,
                 spec=spec,
                 worktree=Path(agent.worktree),
-                emit=self.emit,
+                emit=self._runner_emit,
                 tag=self._tag(agent_id),
             )
             try:
@@ -796,19 +1023,29 @@ class Fleet:
         if self.readonly:
             self._deliver(event)
         else:
-            self.emit(event)
+            self._try_emit(event)
 
     def _on_diff_error(self, agent_id: str, error: BaseException) -> None:
         agent = self.agents.get(agent_id)
         if agent is None or self.readonly:
             return
         if Path(agent.worktree).is_dir():
-            self.emit(ev.ErrorEvent(agent=agent_id, message=f"diff failed: {error}"))
+            self._try_emit(ev.ErrorEvent(agent=agent_id, message=f"diff failed: {error}"))
 
     # -- persistence -----------------------------------------------------------------------------
+    def _save_state_soon(self) -> None:
+        if self._save_later is None and not self.readonly:
+            with contextlib.suppress(RuntimeError):
+                self._save_later = asyncio.get_running_loop().call_later(SAVE_DELAY, self._save_state)
+
     def _save_state(self) -> None:
+        """Write state.toml: the agents and all that `missionctl ls` shows of them. A disk that refuses it is
+        tried again (the agents themselves are rebuilt from their logs)."""
         if self.readonly:
             return
+        if self._save_later is not None:
+            self._save_later.cancel()
+            self._save_later = None
         agents: dict[str, Any] = {}
         for agent in self.agents.values():
             spec = self.specs.get(agent.id)
@@ -825,6 +1062,18 @@ class Fleet:
                 "status": agent.status,
                 "created": agent.created,
                 "command": spec.command if spec else "",
+                "files_changed": agent.files_changed,
+                "added": agent.lines_added,
+                "removed": agent.lines_removed,
+                "input_tokens": agent.input_tokens,
+                "output_tokens": agent.output_tokens,
+                "pending": len(agent.pending),
             }
         demo = {"scenario": self.demo_scenario} if self.demo_scenario else None
-        self.store.save_state({"version": 1, "repo": str(self.root), "demo": demo, "agents": agents})
+        try:
+            self.store.save_state({"version": 1, "repo": str(self.root), "demo": demo, "agents": agents})
+        except OSError:
+            self._state_unsaved = True
+            self._retry_soon()
+        else:
+            self._state_unsaved = False
