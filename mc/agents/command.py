@@ -15,6 +15,7 @@ from pathlib import Path
 from mc import events as ev
 from mc import procs
 from mc.agents.base import Runner, RunnerContext, RunnerError
+from mc.tools.run import LogBound
 
 #: A template that starts with this prefix runs in a pseudo-terminal.
 PTY_PREFIX = "pty:"
@@ -199,7 +200,8 @@ class CommandRunner(Runner):
         if code == 0:
             ctx.status("idle", "the command exited 0")
             return
-        lines = [line.strip() for line in "".join(tail)[-TAIL_CHARS:].splitlines() if line.strip()]
+        quoted = procs.clean_terminal_text("".join(tail)[-TAIL_CHARS:])
+        lines = [line.strip() for line in quoted.splitlines() if line.strip()]
         last = " | ".join(lines[-TAIL_LINES:])[-600:]
         if code == 127 and "not found" in last:
             program = program_of(command) or command.split()[0]
@@ -210,18 +212,23 @@ class CommandRunner(Runner):
             self._fail(f"the command exited {code}" + (f": {last}" if last else " without output"))
 
     async def _pump(self, proc: procs.Proc, tail: list[str]) -> None:
-        """Output → cleaned TextDelta events, whole lines at a time; a partial line shows after a pause."""
+        """Output → cleaned TextDelta events, whole lines at a time; a partial line shows after a pause. One run
+        logs its head and tail and the count of what was between (LogBound), however much it prints."""
         ctx = self.ctx
         pending = ""
 
-        def emit(text: str) -> None:
+        def show(text: str) -> None:
             clean = procs.clean_terminal_text(text)
-            if not clean:
-                return
-            ctx.emit(ev.TextDelta(agent=ctx.agent_id, text=clean))
-            tail.append(clean)
+            if clean:
+                ctx.emit(ev.TextDelta(agent=ctx.agent_id, text=clean))
+
+        logged = LogBound(show)
+
+        def emit(text: str) -> None:
+            tail.append(text)  # cleaned when a failure quotes it
             if len(tail) > 64:
                 tail[:] = ["".join(tail)[-TAIL_CHARS:]]
+            logged.add(text)
 
         chunks = proc.chunks()
         nxt: asyncio.Task[str] | None = None
@@ -251,6 +258,7 @@ class CommandRunner(Runner):
             if pending:
                 emit(pending + "\n")
         finally:
+            logged.finish()
             if nxt is not None and not nxt.done():
                 nxt.cancel()
                 with contextlib.suppress(BaseException):

@@ -27,6 +27,11 @@ MAX_SEARCH_MATCHES = 200
 MAX_MATCH_LINE = 300
 MAX_READ_BYTES = 20 * 1024 * 1024
 MAX_LOG_LINE = 4096
+#: What one command's output may put in its agent's log: its first LOG_HEAD characters as they come, then, when
+#: it ends, its last LOG_TAIL characters and the count of those left out between ([tools] max_output bounds
+#: what the model receives).
+LOG_HEAD = 256 * 1024
+LOG_TAIL = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,86 @@ class _HeadTail:
         h = budget // 2
         t = budget - h
         return head[:h] + f"\n[… {self.total - h - t} characters omitted …]\n" + tail[-t:]
+
+
+class LogBound:
+    """Bounds what one command's output puts in its agent's log, whatever it prints (`yes` fills gigabytes).
+
+    The first `head` characters go to `emit` as they come, cut after a whole line; past them one note says that
+    the output goes on, the rest is held in a ring of its last `tail` characters, and `finish` emits the count
+    of the characters left out and then that tail, from the start of a line. So the log keeps the head, the
+    tail and the size of what was between, as `truncate_output` does for the model."""
+
+    def __init__(self, emit: Callable[[str], None], head: int = LOG_HEAD, tail: int = LOG_TAIL) -> None:
+        self._emit = emit
+        self.head_left = head
+        self.tail_limit = tail
+        self.total = 0
+        self.omitted = 0
+        self._past_head = False
+        self._finished = False
+        self._ring: collections.deque[str] = collections.deque()
+        self._ring_size = 0
+        self._ring_at_line_start = True
+        self._line_open = False  # the last text emitted did not end its line
+
+    def _out(self, text: str) -> None:
+        if text:
+            self._emit(text)
+            self._line_open = not text.endswith("\n")
+
+    def _note(self, text: str) -> None:
+        self._out(("\n" if self._line_open else "") + text)
+
+    def add(self, text: str) -> None:
+        if not text or self._finished:
+            return
+        self.total += len(text)
+        if not self._past_head:
+            if len(text) <= self.head_left:
+                self.head_left -= len(text)
+                self._out(text)
+                return
+            take = text[: self.head_left]
+            take = take[: take.rfind("\n") + 1]  # whole lines only
+            self._out(take)
+            self._past_head = True
+            self._note(
+                f"[… the output goes on: the log keeps its last {self.tail_limit:,} characters and counts the rest …]\n"
+            )
+            text = text[len(take) :]
+            self._ring_at_line_start = not take or take.endswith("\n")
+        self._ring.append(text)
+        self._ring_size += len(text)
+        while self._ring_size > self.tail_limit:
+            excess = self._ring_size - self.tail_limit
+            first = self._ring[0]
+            dropped = first if len(first) <= excess else first[:excess]
+            if dropped is first:
+                self._ring.popleft()
+            else:
+                self._ring[0] = first[excess:]
+            self._ring_size -= len(dropped)
+            self.omitted += len(dropped)
+            self._ring_at_line_start = dropped.endswith("\n")
+
+    def finish(self) -> None:
+        """The command ended: emit the count of what was left out and the tail (nothing if all was shown)."""
+        if self._finished:
+            return
+        self._finished = True
+        if not self._past_head:
+            return
+        tail = "".join(self._ring)
+        self._ring.clear()
+        if not self._ring_at_line_start:
+            start = tail.find("\n") + 1
+            if 0 < start < len(tail):  # begin at a line of its own
+                self.omitted += start
+                tail = tail[start:]
+        if self.omitted:
+            self._note(f"[… {self.omitted:,} characters of output left out of the log …]\n")
+        self._out(tail)
 
 
 def _arg(args: dict[str, Any], name: str, kind: type | tuple[type, ...], tool: str, required: bool = True) -> Any:
@@ -173,18 +258,24 @@ async def _shell(
     collected = _HeadTail(cfg.max_output)
     proc = await procs.start(argv, cwd=ws.root, env=env, tag=call_tag)
 
+    def show(text: str) -> None:
+        with contextlib.suppress(Exception):
+            on_output(text)
+
+    logged = LogBound(show)  # what the log gets: head, tail and a count, however much the command prints
+
     async def pump() -> None:
         splitter = procs.LineSplitter(max_line=MAX_LOG_LINE)
         async for chunk in proc.chunks():
             _emit(splitter.feed(chunk))
         _emit(splitter.flush())
+        logged.finish()
 
     def _emit(lines: list[str]) -> None:
         if lines:
             text = "".join(procs.clean_terminal_text(line) + "\n" for line in lines)
             collected.add(text)
-            with contextlib.suppress(Exception):
-                on_output(text)
+            logged.add(text)
 
     reader = asyncio.create_task(pump())
     timed_out = False
