@@ -81,7 +81,8 @@ class ToolsConfig:
     pass_env: list[str] = field(default_factory=list)
     """Environment variables shell commands get in addition to a safe default set (never the API key unless named)."""
     max_output: int = 64_000
-    """Characters of a tool's output the model receives (the log keeps all of it)."""
+    """Characters of a tool's output the model receives (one command's log keeps its first 256 KiB and last
+    64 KiB, and counts the rest)."""
 
 
 @dataclass
