@@ -127,6 +127,8 @@ class Agent:
     lines_added: int = 0
     lines_removed: int = 0
     diff_files: tuple[ev.FileStat, ...] = ()
+    flags: tuple[ev.Flag, ...] = ()
+    """The risk flags of the diff (mc/flags.py), sorted by path and line."""
     pending: dict[str, ev.ApprovalRequested] = field(default_factory=dict)
     remembered: set[str] = field(default_factory=set)
     conversation: list[dict[str, Any]] = field(default_factory=list)
@@ -279,6 +281,8 @@ class Agent:
                 self.diff_files = event.files
                 self.files_changed = len(event.files)
                 self.lines_added, self.lines_removed = event.added, event.removed
+            case ev.FlagsChanged():
+                self.flags = event.flags
             case ev.Committed():
                 log.add(
                     "ok", f"committed {event.commit[:10]}: {event.message.splitlines()[0] if event.message else ''}"
@@ -312,6 +316,7 @@ def _events(items: list[dict[str, Any]], kind: type[ev.Event], key: str) -> dict
 #: How a checkpoint writes (and reads back) each field of an Agent that is not a plain JSON value.
 _CODECS: dict[str, tuple[Any, Any]] = {
     "diff_files": (lambda v: [dataclasses.asdict(f) for f in v], lambda d: tuple(ev.FileStat(**f) for f in d)),
+    "flags": (lambda v: [dataclasses.asdict(f) for f in v], lambda d: tuple(ev.Flag.from_dict(f) for f in d)),
     "pending": (lambda v: [e.to_dict() for e in v.values()], lambda d: _events(d, ev.ApprovalRequested, "approval_id")),
     "remembered": (sorted, set),
     "conversation": (list, list),

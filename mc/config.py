@@ -94,6 +94,41 @@ class UIConfig:
 
 
 @dataclass
+class FlagRuleConfig:
+    id: str
+    """The rule's id, shown on the flag (e.g. "team.todo"); a built-in id here replaces that rule."""
+    message: str = ""
+    """What the flag says to the reviewer (default: the id)."""
+    severity: str = "medium"
+    """high, medium or low."""
+    pattern: str = ""
+    """A regular expression searched in every added line; without it the rule flags each changed file that
+    `paths` matches."""
+    paths: list[str] = field(default_factory=list)
+    """Globs of the files the rule looks at (a glob without '/' matches a file's name in any folder); empty: all."""
+    entropy: float = 0.0
+    """With a pattern: flag only when the pattern's first group (or the whole match) has at least this many
+    bits of entropy per character."""
+
+
+@dataclass
+class FlagsConfig:
+    enabled: bool = True
+    """Scan every diff for risk flags (secrets, dependency and CI changes, permissions, large deletions …)."""
+    large_deletion: int = 200
+    """Lines removed from one file from which on that file is flagged as a large deletion."""
+    large_file: int = 1_000_000
+    """Bytes from which a changed file is flagged as large."""
+    entropy: float = 4.0
+    """Bits of entropy per character from which a long quoted value assigned to a name is flagged as a
+    possible secret (rule secret.high-entropy)."""
+    disable: list[str] = field(default_factory=list)
+    """Built-in rules to turn off, by id ("deps.npm") or by the part before the dot ("deps")."""
+    rules: list[FlagRuleConfig] = field(default_factory=list)
+    """A team's own rules ([[flags.rules]] tables)."""
+
+
+@dataclass
 class AgentConfig:
     name: str
     task: str = ""
@@ -116,6 +151,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     ui: UIConfig = field(default_factory=UIConfig)
+    flags: FlagsConfig = field(default_factory=FlagsConfig)
     agents: list[AgentConfig] = field(default_factory=list)
     source: str = ""
     """The file this config was read from ("" when built in code)."""
@@ -137,6 +173,7 @@ _SECTIONS: dict[str, type] = {
     "policy": PolicyConfig,
     "tools": ToolsConfig,
     "ui": UIConfig,
+    "flags": FlagsConfig,
 }
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("repo", "merge"): MERGE_MODES,
@@ -145,6 +182,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("tools", "sandbox"): SANDBOXES,
     ("agents", "runner"): RUNNERS,
     ("agents", "policy"): ("", *APPROVE_POLICIES),
+    ("flags.rules", "severity"): ("high", "medium", "low"),
 }
 #: (table, key) → (lowest, highest, whether the lowest itself is allowed, unit) of a number.
 _RANGES: dict[tuple[str, str], tuple[float, float, bool, str]] = {
@@ -155,6 +193,10 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, str]] = {
     ("model", "call_timeout"): (0, 86400, False, "seconds"),
     ("tools", "shell_timeout"): (0, 86400, False, "seconds"),
     ("tools", "max_output"): (100, 100_000_000, True, "characters"),
+    ("flags", "large_deletion"): (1, 100_000_000, True, "lines"),
+    ("flags", "large_file"): (1, 1_000_000_000_000, True, "bytes"),
+    ("flags", "entropy"): (0, 8, False, "bits per character"),
+    ("flags.rules", "entropy"): (0, 8, True, "bits per character"),
 }
 NAME_MAX = 64
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
@@ -303,6 +345,19 @@ def _value_problem(table: str, key: str, value: Any, annotation: str) -> str | N
         bad = next((name for name in value if not _ENV_NAME.fullmatch(name)), None)
         if bad is not None:
             return f"{bad!r} is not an environment variable name: use letters, digits and '_'"
+    if (table, key) == ("flags", "disable"):
+        from mc.flags import unknown_rule_ids
+
+        unknown = unknown_rule_ids(value)
+        if unknown:
+            return f'no built-in rule {unknown[0]!r}: use an id or a group of the built-in rules, e.g. "deps.npm"'
+    if (table, key) == ("flags.rules", "pattern") and value:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            return f"not a regular expression ({exc}): fix it (write it in single quotes, '…', so '\\' stays as it is)"
+    if (table, key) == ("flags.rules", "id") and not value.strip():
+        return 'an empty id: name the rule, e.g. id = "team.todo"'
     return None
 
 
@@ -350,6 +405,12 @@ def config_from_dict(data: dict[str, Any], source: str = "", text: str = "") -> 
         if key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{_where(source, text, key, None)}: {key} must be a table: write [{key}]")
+            if key == "flags":
+                value = dict(value)
+                rules = _flag_rules(value.pop("rules", []), source, text)
+                setattr(cfg, key, _build(_SECTIONS[key], value, key, source, text))
+                cfg.flags.rules = rules
+                continue
             setattr(cfg, key, _build(_SECTIONS[key], value, key, source, text))
         elif key == "agents":
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
@@ -391,6 +452,30 @@ def config_from_dict(data: dict[str, Any], source: str = "", text: str = "") -> 
                 'failing test in tests/"'
             )
     return cfg
+
+
+def _flag_rules(value: Any, source: str, text: str) -> list[FlagRuleConfig]:
+    """A team's [[flags.rules]]: each one checked like a table of its own; ids are unique."""
+    table = "flags.rules"
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(
+            f"{_where(source, text, 'flags', 'rules')}: [flags] rules must be an array of tables: write [[flags.rules]]"
+        )
+    rules = [_build(FlagRuleConfig, v, table, source, text, index=i) for i, v in enumerate(value)]
+    seen: set[str] = set()
+    for i, rule in enumerate(rules):
+        if not rule.pattern and not rule.paths:
+            raise ConfigError(
+                f"{_where(source, text, table, None, i)}: [[flags.rules]] {rule.id!r} has neither pattern nor paths, "
+                "so it would flag every file: add pattern = '…' (searched in added lines) or paths = [\"…\"]"
+            )
+        if rule.id in seen:
+            raise ConfigError(
+                f"{_where(source, text, table, 'id', i)}: [[flags.rules]] id = {rule.id!r} is used twice: give each "
+                "rule its own id"
+            )
+        seen.add(rule.id)
+    return rules
 
 
 def load_config(path: str | Path) -> Config:

@@ -84,6 +84,8 @@ def event_from_dict(data: dict[str, Any]) -> Event:
             continue
         if key == "files" and cls is DiffChanged:
             value = tuple(FileStat(**v) for v in value)
+        elif key == "flags" and cls is FlagsChanged:
+            value = tuple(Flag.from_dict(v) for v in value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value
@@ -249,6 +251,40 @@ class DiffChanged(Event):
     files: tuple[FileStat, ...] = ()
     added: int = 0
     removed: int = 0
+
+
+#: How much a risk flag matters to a reviewer, highest first.
+Severity = Literal["high", "medium", "low"]
+SEVERITIES: tuple[str, ...] = ("high", "medium", "low")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Something in a diff a reviewer must not miss (mc/flags.py finds them): which rule, where, and why.
+
+    `line` is a line of the new version of the file: the flagged added line, or the first changed one (for a
+    removal: where the lines were; 1 for a deleted file); 0 when the flag is about the whole file (a mode
+    change, a binary file, a file the diff text does not reach)."""
+
+    rule: str
+    severity: str  # high | medium | low
+    path: str
+    line: int = 0
+    message: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Flag:
+        """A flag from its logged dict; fields this version does not know are dropped."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlagsChanged(Event):
+    """The risk flags of the agent's diff are a different set now (all of them, sorted by path and line)."""
+
+    type: ClassVar[str] = "flags"
+    flags: tuple[Flag, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

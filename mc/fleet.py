@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import signal
@@ -24,6 +25,7 @@ from mc.agent import Agent, AgentLog, LogLine
 from mc.agents import make_runner
 from mc.agents.base import Runner, RunnerContext, RunnerError
 from mc.config import AgentConfig, Config, agent_name_problem, suggest_name
+from mc.flags import FlagScanner, scanner_for
 from mc.git import Diff as Diff
 from mc.git import DiffScheduler, GitError, MergeResult, Repo
 from mc.store import FleetLocked, LogWriteError, Store, StoreError, demo_scenario
@@ -92,6 +94,9 @@ class Fleet:
         """The scenario of a fleet `missionctl demo` started (from its state); None for any other fleet."""
         self._demo_server: Any = None
         self._background: set[asyncio.Task[None]] = set()
+        self._flag_scanners: dict[str, FlagScanner] = {}  # agent → its scanner (which keeps per-file results)
+        self._flag_next: dict[str, Diff] = {}  # agent → the newest diff its scan has not read yet
+        self._flag_tasks: dict[str, asyncio.Task[None]] = {}
         self._sigchld: tuple[asyncio.AbstractEventLoop, list[asyncio.TimerHandle]] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -327,7 +332,7 @@ class Fleet:
             raise FleetError("this fleet is open read-only (a monitor): it cannot change anything")
         self._write(event)
         self._deliver(event)
-        if isinstance(event, (ev.DiffChanged, ev.Usage, ev.ApprovalRequested, ev.ApprovalResolved)):
+        if isinstance(event, (ev.DiffChanged, ev.FlagsChanged, ev.Usage, ev.ApprovalRequested, ev.ApprovalResolved)):
             self._save_state_soon()  # what `missionctl ls` shows
         if isinstance(event, ev.StatusChanged):
             self._save_state()
@@ -575,6 +580,7 @@ class Fleet:
                     "tokens": int(meta.get("input_tokens", 0)) + int(meta.get("output_tokens", 0)),
                     "pending": int(meta.get("pending", 0)),
                     "task": str(meta.get("task", "")),
+                    "flags": [dict(f) for f in meta.get("flags", []) if isinstance(f, dict)],
                 }
             )
         return rows
@@ -601,6 +607,7 @@ class Fleet:
             "removed": agent.lines_removed,
             "input_tokens": agent.input_tokens,
             "output_tokens": agent.output_tokens,
+            "flags": [dataclasses.asdict(f) for f in agent.flags],
         }
 
     def diff(self, agent_id: str) -> Diff | None:
@@ -918,6 +925,7 @@ class Fleet:
             self.emit(ev.Discarded(agent=agent.id, snapshot_ref=ref if snap else "", snapshot_commit=snap))
             self.emit(ev.StatusChanged(agent=agent.id, status="discarded", previous=agent.status))
         self.diffs.pop(agent.id, None)
+        self._flag_scanners.pop(agent.id, None)
         return ref
 
     # -- diffs -----------------------------------------------------------------------------------
@@ -947,6 +955,7 @@ class Fleet:
             async with semaphore:
                 with contextlib.suppress(Exception):
                     await self.refresh_diff(agent.id)
+            await self.wait_flags(agent.id)
 
         live = [
             a
@@ -1016,6 +1025,7 @@ class Fleet:
         if agent is None:
             return
         self.diffs[agent_id] = diff
+        self._scan_flags(agent_id, diff)  # the text may have changed where the numbers did not
         changed = (diff.files, diff.added, diff.removed) != (agent.diff_files, agent.lines_added, agent.lines_removed)
         event = ev.DiffChanged(agent=agent_id, files=diff.files, added=diff.added, removed=diff.removed)
         if not changed:
@@ -1024,6 +1034,50 @@ class Fleet:
             self._deliver(event)
         else:
             self._try_emit(event)
+
+    # -- risk flags ------------------------------------------------------------------------------
+    def _scan_flags(self, agent_id: str, diff: Diff) -> None:
+        """Scan the agent's new diff for risk flags in a thread: one scan per agent at a time, the newest diff
+        next (those that came between are skipped), only the files whose patch changed. FlagsChanged follows
+        when the set of flags is not the one the agent has."""
+        if self.readonly or not self.config.flags.enabled:
+            return
+        self._flag_next[agent_id] = diff
+        if agent_id in self._flag_tasks:
+            return
+        task = asyncio.get_running_loop().create_task(self._flag_loop(agent_id), name=f"risk flags of {agent_id}")
+        self._flag_tasks[agent_id] = task
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _flag_loop(self, agent_id: str) -> None:
+        try:
+            while (diff := self._flag_next.pop(agent_id, None)) is not None:
+                agent = self.agents.get(agent_id)
+                if agent is None or agent.status in ("merged", "discarded"):
+                    return
+                scanner = self._flag_scanners.get(agent_id) or scanner_for(self.config.flags)
+                if scanner is None:
+                    return
+                self._flag_scanners[agent_id] = scanner
+                root = Path(agent.worktree) if agent.worktree else None
+                try:
+                    flags = await asyncio.to_thread(scanner.scan, diff, task=agent.task, root=root)
+                except Exception as exc:  # a bug in a rule: said in the agent's log, the next diff is tried again
+                    self._flag_scanners.pop(agent_id, None)
+                    self._try_emit(ev.ErrorEvent(agent=agent_id, message=f"risk scan failed: {exc!r}"))
+                    continue
+                if flags != agent.flags and agent.status not in ("merged", "discarded"):
+                    self._try_emit(ev.FlagsChanged(agent=agent_id, flags=flags))
+        finally:
+            self._flag_tasks.pop(agent_id, None)
+
+    async def wait_flags(self, agent_id: str) -> tuple[ev.Flag, ...]:
+        """Wait until the agent's newest diff has been scanned for risk flags, and return its flags."""
+        agent = self.get(agent_id)
+        while (task := self._flag_tasks.get(agent.id)) is not None:
+            await asyncio.wait({task})
+        return agent.flags
 
     def _on_diff_error(self, agent_id: str, error: BaseException) -> None:
         agent = self.agents.get(agent_id)
@@ -1068,6 +1122,7 @@ class Fleet:
                 "input_tokens": agent.input_tokens,
                 "output_tokens": agent.output_tokens,
                 "pending": len(agent.pending),
+                "flags": [dataclasses.asdict(f) for f in agent.flags],
             }
         demo = {"scenario": self.demo_scenario} if self.demo_scenario else None
         try:

@@ -16,7 +16,7 @@ from mc.agent import LOG_RING, Agent
 
 #: Fields a client never needs (the model's conversation, a runner's resume data, internal bookkeeping).
 _PRIVATE = {"conversation", "runner_state", "log", "pending", "tool_calls", "diff_files", "remembered", "version"}
-_PRIVATE |= {"text_streamed", "streamed_calls"}
+_PRIVATE |= {"text_streamed", "streamed_calls", "flags"}
 
 
 def agent_to_dict(agent: Agent, log_lines: int = LOG_RING) -> dict[str, Any]:
@@ -26,6 +26,7 @@ def agent_to_dict(agent: Agent, log_lines: int = LOG_RING) -> dict[str, Any]:
     data["pending"] = [p.to_dict() for p in agent.pending.values()]
     data["tool_calls"] = [c.to_dict() for c in list(agent.tool_calls.values())[-50:]]
     data["diff_files"] = [dataclasses.asdict(f) for f in agent.diff_files]
+    data["flags"] = [dataclasses.asdict(f) for f in agent.flags]
     data["remembered"] = sorted(agent.remembered)
     data["log"] = [list(line) for line in agent.log.tail(log_lines)]
     data["log_total"] = agent.log.total
@@ -46,6 +47,7 @@ def agent_from_dict(data: dict[str, Any]) -> Agent:
         if isinstance(call, ev.ToolCall):
             agent.tool_calls[call.call_id] = call
     agent.diff_files = tuple(ev.FileStat(**f) for f in data.get("diff_files") or [])
+    agent.flags = tuple(ev.Flag.from_dict(f) for f in data.get("flags") or [])
     agent.remembered = set(data.get("remembered") or [])
     for kind, text in data.get("log") or []:
         agent.log.lines.append((kind, text))
