@@ -14,6 +14,7 @@ import pytest
 
 from mc.fleet import Fleet
 from mc.tui.app import MissionControl
+from mc.tui.format import ADDED, CYAN
 from mc.tui.lineview import LineView
 from mc.tui.screens import FleetScreen, HelpScreen, ZoomScreen
 from tests.conftest import git, make_repo
@@ -271,7 +272,7 @@ async def test_zoom_shows_log_and_live_diff(repo: Path, server: Any) -> None:
             for segment in view.render_line(row):
                 if segment.text.strip() and segment.style is not None and segment.style.color is not None:
                     colours.setdefault(segment.text.strip()[:2], segment.style.color.name)
-        assert colours.get("+s") == "green" and colours.get("@@") == "cyan", colours
+        assert colours.get("+s") == ADDED and colours.get("@@") == CYAN, colours
         assert "notes.txt" in str(zoom.files.render())
         assert "The notes are written." in zoom.log_view.plain_text()
         assert not zoom.query_one("#split").has_class("stacked")

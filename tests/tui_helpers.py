@@ -121,3 +121,21 @@ def pane_text(app: Any, agent_id: str) -> str:
     screen = app.fleet_screen()
     assert isinstance(screen, FleetScreen)
     return screen.panes[agent_id].log_view.plain_text()
+
+
+def screen_cells(app: Any) -> list[list[tuple[str, Any]]]:
+    """What the terminal gets: every cell of the screen (dialogs over their background) as (character, style)."""
+    update = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    rows = []
+    for chops in update.strips:
+        row = []
+        for strip in chops:
+            for segment in strip:
+                row.extend((ch, segment.style) for ch in segment.text)
+        rows.append(row)
+    return rows
+
+
+def screen_text(app: Any) -> list[str]:
+    """The screen as lines of text, the way a person reads it off the terminal."""
+    return ["".join(ch for ch, _ in row).rstrip() for row in screen_cells(app)]

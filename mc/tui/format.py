@@ -1,7 +1,9 @@
 """How agents look: status colours and words, log and diff line styles, short numbers and durations.
 
-Every colour here is one of the 256 xterm colours, and a status is never shown by colour alone: its word
-(and a glyph) always goes with it.
+Every colour here is one of the 256 xterm colours above the 16 that a terminal theme may redefine, picked
+for a contrast of at least 4.5:1 on every background it is shown on, in truecolor and in 256 colours alike
+(tests/test_tui_contrast.py measures each cell of the screen). A status is never shown by colour alone: its
+word (and a glyph) always goes with it.
 """
 
 from __future__ import annotations
@@ -12,30 +14,47 @@ from rich.text import Text
 
 from mc.agent import Agent
 
+# -- the palette ------------------------------------------------------------------------------------
+MUTED = "grey70"
+"""Secondary text: counts, runner names, hints."""
+ADDED = "green3"
+REMOVED = "light_coral"
+CYAN = "dark_turquoise"
+YELLOW = "gold1"
+VIOLET = "violet"
+SELECTED_ROW = "on grey23"
+"""The background of the selected row of the agent list (badges keep their own)."""
+NEEDS_YOU = "bold grey0 on gold1"
+"""The badge of an agent waiting for a decision, and of the count of such agents."""
+FAILED_BADGE = "bold grey100 on color(124)"
+REVIEW_BADGE = "bold grey0 on green3"
+INTERRUPTED_BADGE = "bold grey0 on grey70"
+MONITOR_BADGE = "bold grey0 on dark_turquoise"
+
 #: status → (glyph, style). The word is the status itself.
 STATUS_STYLE: dict[str, tuple[str, str]] = {
-    "starting": ("◌", "bold cyan"),
-    "running": ("▶", "bold green"),
-    "waiting": ("?", "bold black on yellow"),
-    "idle": ("■", "bold dodger_blue1"),
-    "interrupted": ("‖", "bold magenta"),
-    "merged": ("✓", "green"),
-    "discarded": ("✗", "grey50"),
-    "killed": ("✗", "bold red"),
-    "failed": ("!", "bold white on red3"),
+    "starting": ("◌", f"bold {CYAN}"),
+    "running": ("▶", f"bold {ADDED}"),
+    "waiting": ("?", NEEDS_YOU),
+    "idle": ("■", "bold sky_blue1"),
+    "interrupted": ("‖", f"bold {VIOLET}"),
+    "merged": ("✓", ADDED),
+    "discarded": ("✗", MUTED),
+    "killed": ("✗", f"bold {REMOVED}"),
+    "failed": ("!", FAILED_BADGE),
 }
 
 #: log line kind (see mc.agent.LogLine) → style
 LOG_STYLE: dict[str, str] = {
     "text": "",
-    "user": "bold cyan",
-    "tool": "bold yellow",
+    "user": f"bold {CYAN}",
+    "tool": f"bold {YELLOW}",
     "output": "grey70",
-    "ok": "green",
-    "err": "red",
-    "warn": "yellow",
-    "info": "grey58",
-    "approval": "bold black on yellow",
+    "ok": ADDED,
+    "err": REMOVED,
+    "warn": YELLOW,
+    "info": MUTED,
+    "approval": NEEDS_YOU,
     "partial": "",
 }
 
@@ -86,11 +105,11 @@ def diff_style(line: str) -> str:
     if line.startswith(("+++", "---")):
         return "bold"
     if line.startswith("+"):
-        return "green"
+        return ADDED
     if line.startswith("-"):
-        return "red"
+        return REMOVED
     if line.startswith("@@"):
-        return "cyan"
+        return CYAN
     if line.startswith(("diff ", "index ", "new file", "deleted file", "rename ", "similarity ", "Binary ")):
         return "bold grey70"
     return ""
@@ -106,13 +125,13 @@ def header_text(agent: Agent, now: float, *, waiting_lines: int = 0) -> Text:
     t = Text(no_wrap=True, overflow="ellipsis")
     t.append_text(status_text(agent.status))
     t.append(f" {duration(elapsed(agent, now))}")
-    t.append(f" {short_number(agent.tokens)} tok", style="grey62")
+    t.append(f" {short_number(agent.tokens)} tok", style=MUTED)
     files = agent.files_changed
     t.append(f" {files} file{'s' if files != 1 else ''} ")
-    t.append(f"+{agent.lines_added}", style="green")
+    t.append(f"+{agent.lines_added}", style=ADDED)
     t.append("/")
-    t.append(f"-{agent.lines_removed}", style="red")
-    t.append(f" {agent.runner}", style="grey62")
+    t.append(f"-{agent.lines_removed}", style=REMOVED)
+    t.append(f" {agent.runner}", style=MUTED)
     if waiting_lines:
-        t.append(f"  ⏸ {waiting_lines} new", style="bold magenta")
+        t.append(f"  ⏸ {waiting_lines} new", style=f"bold {VIOLET}")
     return t

@@ -17,7 +17,18 @@ from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Stat
 
 from mc.agent import Agent
 from mc.config import APPROVE_POLICIES, RUNNERS, AgentConfig
-from mc.tui.format import LOG_STYLE, clean, diff_lines, header_text
+from mc.tui.format import (
+    ADDED,
+    CYAN,
+    LOG_STYLE,
+    MONITOR_BADGE,
+    MUTED,
+    REMOVED,
+    YELLOW,
+    clean,
+    diff_lines,
+    header_text,
+)
 from mc.tui.lineview import LineView
 from mc.tui.widgets import AgentList, AgentPane, ApprovalBox, LogFeed, SummaryBar
 
@@ -65,13 +76,13 @@ class TopBar(Static):
         if fleet is not None:
             t.append(f" {fleet.root.name}", style="bold")
             if fleet.base_branch:
-                t.append(f" ({fleet.base_branch})", style="grey62")
+                t.append(f" ({fleet.base_branch})", style=MUTED)
         if app.monitor:
             owner = fleet.owner_pid if fleet is not None else None
             t.append("  ")
-            t.append(" MONITOR · read-only ", style="bold black on cyan")
+            t.append(" MONITOR · read-only ", style=MONITOR_BADGE)
             who = f"process {owner}" if owner else "another process"
-            t.append(f" the fleet is driven by {who}; decision keys are off here", style="cyan")
+            t.append(f" the fleet is driven by {who}; decision keys are off here", style=CYAN)
         if extra:
             t.append("  " + extra)
         self.update(t)
@@ -350,11 +361,11 @@ class ZoomScreen(Screen):
             return
         t = header_text(agent, self.mc.now(), waiting_lines=self.log_view.waiting)
         t.append("\n")
-        t.append(f"{agent.branch} from {agent.base_ref}  ", style="grey62")
+        t.append(f"{agent.branch} from {agent.base_ref}  ", style=MUTED)
         t.append("task: ", style="bold")
         t.append(clean(agent.task.splitlines()[0] if agent.task else ""))
         if agent.error:
-            t.append("\n" + clean(agent.error), style="red")
+            t.append("\n" + clean(agent.error), style=REMOVED)
         self.head.update(t)
         follow = "" if self.log_view.follow else f"paused · {self.log_view.waiting} new · end: follow"
         self.log_view.border_subtitle = follow
@@ -363,24 +374,24 @@ class ZoomScreen(Screen):
         t = Text(no_wrap=True, overflow="ellipsis")
         files = diff.files if diff is not None else agent.diff_files
         if not files:
-            t.append("no changes yet", style="grey58")
+            t.append("no changes yet", style=MUTED)
         else:
             added = diff.added if diff is not None else agent.lines_added
             removed = diff.removed if diff is not None else agent.lines_removed
             t.append(f"{len(files)} file{'s' if len(files) != 1 else ''} changed  ", style="bold")
-            t.append(f"+{added}", style="green")
+            t.append(f"+{added}", style=ADDED)
             t.append(" ")
-            t.append(f"-{removed}", style="red")
+            t.append(f"-{removed}", style=REMOVED)
             if diff is not None and diff.truncated:
-                t.append("  (diff truncated)", style="yellow")
+                t.append("  (diff truncated)", style=YELLOW)
             for f in files:
                 t.append(f"\n{f.status:>2} ", style="bold")
                 t.append(clean(f.path))
                 if f.binary:
-                    t.append("  binary", style="grey58")
+                    t.append("  binary", style=MUTED)
                 else:
-                    t.append(f"  +{f.added}", style="green")
-                    t.append(f" -{f.removed}", style="red")
+                    t.append(f"  +{f.added}", style=ADDED)
+                    t.append(f" -{f.removed}", style=REMOVED)
         self.files.update(t)
         y = self.diff_view.scroll_y
         self.diff_view.set_lines(diff_lines(diff.text) if diff is not None else [])
@@ -630,9 +641,9 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         app: MissionControl = self.app  # type: ignore[assignment]
         table = Table(box=None, show_header=True, header_style="bold", pad_edge=False, expand=False)
-        table.add_column("key", style="bold yellow", no_wrap=True)
+        table.add_column("key", style=f"bold {YELLOW}", no_wrap=True)
         table.add_column("what it does")
-        table.add_column(Text("id in [ui.keys]"), style="grey58", no_wrap=True)
+        table.add_column(Text("id in [ui.keys]"), style=MUTED, no_wrap=True)
         for binding_id, keys, description in app.help_rows():
             table.add_row(keys, description, binding_id)
         with VerticalScroll(classes="dialog help"):

@@ -20,8 +20,17 @@ from textual.widgets import Static
 from mc import events as ev
 from mc.agent import Agent, AgentLog
 from mc.tui.format import (
+    ADDED,
+    FAILED_BADGE,
+    INTERRUPTED_BADGE,
     LOG_STYLE,
+    MUTED,
+    NEEDS_YOU,
+    REMOVED,
+    REVIEW_BADGE,
+    SELECTED_ROW,
     STATUS_STYLE,
+    YELLOW,
     diff_lines,
     duration,
     elapsed,
@@ -89,18 +98,18 @@ def status_notice(agent: Agent, keys: KeyHint) -> Text | None:
     """What an agent without a question still asks of the engineer: a failure to read, work to review."""
     t = Text()
     if agent.status == "failed":
-        t.append(" FAILED ", style="bold white on red")
+        t.append(" FAILED ", style=FAILED_BADGE)
         t.append(" " + clean_line(agent.error or agent.status_reason or "see the log")[:400], style="bold")
         t.append("\n")
         actions = (("resume", "resume"), ("redirect", "redirect"), ("discard", "discard"))
     elif agent.status == "interrupted":
-        t.append(" INTERRUPTED ", style="bold black on grey70")
+        t.append(" INTERRUPTED ", style=INTERRUPTED_BADGE)
         if agent.status_reason:
             t.append(" " + clean_line(agent.status_reason)[:200])
         t.append("\n")
         actions = (("resume", "resume"), ("redirect", "redirect"), ("kill", "kill"))
     elif agent.status == "idle" and agent.files_changed:
-        t.append(" READY FOR REVIEW ", style="bold black on green")
+        t.append(" READY FOR REVIEW ", style=REVIEW_BADGE)
         t.append(f" {agent.files_changed} file{'s' if agent.files_changed != 1 else ''} changed\n")
         actions = (("zoom", "review"), ("merge", "merge"), ("redirect", "redirect"), ("discard", "discard"))
     else:
@@ -115,12 +124,12 @@ def approval_text(agent: Agent, req: ev.ApprovalRequested, keys: KeyHint, max_li
     """Title and summary, then the answering keys (always visible), then the command or the diff."""
     what = {"command": "wants to run", "write": "wants to change", "read": "wants to read"}.get(req.kind, "wants")
     t = Text()
-    t.append(" NEEDS YOU ", style="bold black on yellow")
+    t.append(" NEEDS YOU ", style=NEEDS_YOU)
     t.append(f" {what} ({req.tool})", style="bold")
     if len(agent.pending) > 1:
-        t.append(f"  1 of {len(agent.pending)}", style="yellow")
+        t.append(f"  1 of {len(agent.pending)}", style=YELLOW)
     t.append("\n")
-    t.append(clean_line(req.summary) + "\n", style="bold yellow")
+    t.append(clean_line(req.summary) + "\n", style=f"bold {YELLOW}")
     for binding_id, label in (("approve", "approve"), ("approve_all", "all like it"), ("deny", "deny")):
         t.append(keys(binding_id), style="bold reverse")
         t.append(f" {label}  ")
@@ -133,7 +142,7 @@ def approval_text(agent: Agent, req: ev.ApprovalRequested, keys: KeyHint, max_li
         for style, line in shown:
             t.append("\n" + clean_line(line), style=style)
         if len(shown) < len(lines):
-            t.append(f"\n… {len(lines) - len(shown)} more lines ({keys('zoom')}: zoom)", style="grey58")
+            t.append(f"\n… {len(lines) - len(shown)} more lines ({keys('zoom')}: zoom)", style=MUTED)
     return t
 
 
@@ -278,15 +287,16 @@ class AgentList(Widget, can_focus=False):
             line.append(f"{num} {a.name[:name_w]:<{name_w}} ", style="bold" if sel else "")
             line.append_text(status_text(a.status, pad=13))
             line.append(f" {duration(elapsed(a, self.now)):>7}")
-            line.append(f" {short_number(a.tokens):>6} tok", style="grey62")
+            line.append(f" {short_number(a.tokens):>6} tok", style=MUTED)
             line.append(f" {a.files_changed:>3}f ")
-            line.append(f"+{a.lines_added}", style="green")
+            line.append(f"+{a.lines_added}", style=ADDED)
             line.append("/")
-            line.append(f"-{a.lines_removed}", style="red")
+            line.append(f"-{a.lines_removed}", style=REMOVED)
             if a.pending:
-                line.append("  NEEDS YOU", style="bold black on yellow")
+                line.append("  ")
+                line.append("NEEDS YOU", style=NEEDS_YOU)
             if sel:
-                line.stylize("on grey23")
+                line.stylize_before(SELECTED_ROW)  # under the spans: every badge keeps its own background
             line.truncate(width, pad=True)
             out.append_text(line)
             if i < end - 1:
@@ -317,8 +327,8 @@ class SummaryBar(Static):
                 t.append(f" {counts[status]}")
         t.append("  │ ")
         if need:
-            t.append(f" {need} need{'s' if need == 1 else ''} you ", style="bold black on yellow")
-            t.append(f" {keys('next_decision')}: next", style="grey62")
+            t.append(f" {need} need{'s' if need == 1 else ''} you ", style=NEEDS_YOU)
+            t.append(f" {keys('next_decision')}: next", style=MUTED)
         else:
-            t.append("nobody needs you", style="grey58")
+            t.append("nobody needs you", style=MUTED)
         self.update(t)
