@@ -21,7 +21,7 @@ APPROVE_POLICIES = ("always", "writes", "commands", "never")
 APIS = ("responses", "chat")
 RUNNERS = ("builtin", "codex", "acp", "claude", "command")
 MERGE_MODES = ("ff", "merge", "squash")
-SANDBOXES = ("none", "bwrap")
+SANDBOXES = ("none", "bwrap", "auto")
 CONFIG_NAMES = ("missionctl.toml", ".mc/config.toml")
 
 
@@ -76,8 +76,10 @@ class PolicyConfig:
 class ToolsConfig:
     shell_timeout: float = 300.0
     """Seconds a shell command may run before it is killed."""
-    sandbox: str = "none"
-    """none, or bwrap: shell commands run under bubblewrap (worktree writable, the rest read-only, no network)."""
+    sandbox: str = "auto"
+    """auto (bwrap where bubblewrap works, else none, said once in the log), bwrap (shell commands run under
+    bubblewrap: the worktree writable, system folders read-only, no other process, socket or network; refused
+    where it is missing), or none (unconfined: a command can read and change whatever the user can)."""
     pass_env: list[str] = field(default_factory=list)
     """Environment variables shell commands get in addition to a safe default set (never the API key unless named)."""
     max_output: int = 64_000

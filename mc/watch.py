@@ -70,7 +70,11 @@ class _IgnoreFilter:
         if ignored_dirs:
             # A tracked file inside an ignored folder still matters: do not remember such folders.
             self.git_calls += 1
-            tracked = run_git(["ls-files", "-z", "--", *(d + "/" for d in ignored_dirs)], root, check=False)
+            try:
+                tracked = run_git(["ls-files", "-z", "--", *(d + "/" for d in ignored_dirs)], root, check=False)
+            except GitError as exc:  # one worktree's trouble must not stop the watcher of every agent
+                log.debug("ls-files in %s failed: %s", root, exc)
+                return set(candidates)
             holding = {p for t in tracked.split("\0") if t for p in _parents(t)}
             cache.update(ignored_dirs - holding)
         # An untracked file inside an ignored folder is reported itself; a tracked one is not, and stays.

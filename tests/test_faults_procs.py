@@ -140,7 +140,9 @@ async def test_fleet_spawn_kill_discard_cycles_leak_nothing(
     server = scripted(
         {"agents": [{"name": "spawner", "turns": [shell_turn(f"bash {escaper} $MARKER"), {"say": "Done."}]}]}
     )
-    fleet = await fleet_factory(fleet_config(repo, server))
+    cfg = fleet_config(repo, server)
+    cfg.tools.sandbox = "none"  # the escaper is outside the worktree; in the sandbox its tree ends with the sandbox
+    fleet = await fleet_factory(cfg)
     zombies_before = my_zombies()
     for i in range(FLEET_CYCLES):
         marker = f"mcfleet-{run}-{i}x"

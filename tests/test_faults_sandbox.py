@@ -108,7 +108,7 @@ async def test_bwrap_blocks_writes_outside_and_connections(
     assert agent.status == "idle"
     results = [e for e in fleet.store.iter_events("box") if isinstance(e, ev.ToolResult)]
     assert [r.ok for r in results] == [False, False, True], [r.output for r in results]
-    assert "Read-only file system" in results[0].output
+    assert "Read-only file system" in results[0].output or "No such file or directory" in results[0].output
     assert "connected" not in results[1].output
     assert list(outside.iterdir()) == []
     assert listener.accepted == 1  # only the unconfined probe got through
@@ -168,3 +168,147 @@ def test_doctor_says_whether_the_sandbox_is_available(repo: Path, scripted: Any,
     line = next(x for x in present.stdout.splitlines() if "sandbox" in x)
     assert line.startswith("ok" if ok else "FAIL") and why in line
     assert present.returncode == (0 if ok else 1), present.stdout
+
+
+# ----------------------------------------------------------------------------------- processes, IPC, sockets
+
+MARKER = "mc-host-process-marker"
+NAMESPACES = ("pid", "ipc", "uts", "net", "mnt")
+
+
+class Host:
+    """What a desktop has around the sandbox: another process of the user (with a key in its environment), a
+    Unix socket (D-Bus, docker.sock), a System V shared memory segment, a private file in a host folder."""
+
+    def __init__(self, outside: Path) -> None:
+        self.key_name = "MC_FAKE_KEY_" + os.urandom(4).hex().upper()
+        self.key = "sk-fake-" + os.urandom(20).hex()
+        env = {**os.environ, self.key_name: self.key}
+        code = "import sys, time; time.sleep(300)"
+        self.process = subprocess.Popen([sys.executable, "-c", code, MARKER], env=env)
+        self.socket_path = outside / "s.sock"
+        self.unix = socket.socket(socket.AF_UNIX)
+        self.unix.bind(str(self.socket_path))
+        self.unix.listen(4)
+        self.unix.settimeout(0.1)
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+        (outside / "private.txt").write_text("host private text\n")
+        self.private = outside / "private.txt"
+        self.shmid = ""
+        if shutil.which("ipcmk"):
+            made = subprocess.run(["ipcmk", "-M", "4096"], capture_output=True, text=True, check=True).stdout
+            self.shmid = made.split(":")[-1].strip()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.unix.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def stopped(self) -> bool:
+        import psutil
+
+        return psutil.Process(self.process.pid).status() == psutil.STATUS_STOPPED
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self._stop.set()
+        self._thread.join(5)
+        self.unix.close()
+        if self.shmid:
+            subprocess.run(["ipcrm", "-m", self.shmid], capture_output=True)
+
+
+@pytest.fixture
+def host(outside: Path) -> Iterator[Host]:
+    handle = Host(outside)
+    yield handle
+    handle.close()
+
+
+def isolation_probes(host: Host) -> dict[str, str]:
+    """Shell commands of an agent that reach for the host around the sandbox, by what each tries."""
+    connect = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(host.socket_path)!r}); print('unix-connected')"
+    return {
+        "see host processes": "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null; "
+        "echo visible: $(ls -d /proc/[0-9]* | wc -l)",
+        # the marker is put together at run time, so that this command's own command line does not match
+        "stop a host process": f"m={MARKER[:7]}; m=$m{MARKER[7:]}; for p in /proc/[0-9]*; do "
+        'if grep -qa "$m" $p/cmdline 2>/dev/null; then kill -STOP ${p#/proc/} && echo stopped-host; fi; done; true',
+        "signal its own missionctl": 'p=$PPID; while [ "$p" -gt 1 ]; do kill -0 $p 2>/dev/null && echo can-signal-$p; '
+        "p=$(awk '/^PPid/{print $2}' /proc/$p/status); done; true",
+        "read a key from another process": "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep MC_FAKE_KEY_; "
+        "tr '\\0' '\\n' < /proc/$PPID/environ | grep MC_FAKE_KEY_; true",
+        "connect to a host Unix socket": f'{sys.executable} -c "{connect}"',
+        "see host shared memory": f"ipcs -m -i {host.shmid or 0}; true",
+        "read a host file": f"cat {host.private}; true",
+        "share the host's namespaces": "for n in "
+        + " ".join(NAMESPACES)
+        + "; do echo ns-$n=$(readlink /proc/self/ns/$n); done",
+    }
+
+
+async def test_bwrap_isolates_processes_ipc_sockets_and_host_files(
+    repo: Path, scripted: Any, fleet_factory: Any, host: Host
+) -> None:
+    needs_bwrap()
+    probes = isolation_probes(host)
+    work = f"{sys.executable} -c \"print('python runs')\" && git status --short && echo tmp > /tmp/t && cat /tmp/t"
+    turns = [*(shell_turn(c) for c in probes.values()), shell_turn(work), {"say": "Done."}]
+    server = scripted({"agents": [{"name": "box", "turns": turns}]})
+    cfg = fleet_config(repo, server, [AgentConfig(name="box", task="try", model="box", policy="never")])
+    cfg.tools.sandbox = "bwrap"
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    assert await fleet.wait_settled(60)
+    results = [e for e in fleet.store.iter_events("box") if isinstance(e, ev.ToolResult)]
+    out = dict(zip([*probes, "work"], (r.output for r in results), strict=True))
+    print(f"{len(probes)} isolation attacks tried; {out['see host processes'].splitlines()[-1]} in the sandbox")
+    assert len(probes) == 8
+    assert MARKER not in out["see host processes"]
+    assert "stopped-host" not in out["stop a host process"] and not host.stopped()
+    assert "can-signal" not in out["signal its own missionctl"]
+    assert (
+        host.key not in out["read a key from another process"]
+        and host.key_name not in out["read a key from another process"]
+    )
+    assert "unix-connected" not in out["connect to a host Unix socket"] and host.accepted == 0
+    assert "Segment shmid" not in out["see host shared memory"]
+    assert "host private text" not in out["read a host file"]
+    for name in NAMESPACES:
+        assert f"ns-{name}={os.readlink(f'/proc/self/ns/{name}')}" not in out["share the host's namespaces"], name
+    assert "python runs" in out["work"] and out["work"].rstrip().endswith("tmp"), out["work"]
+
+
+async def test_unconfined_the_same_probes_reach_the_host(
+    repo: Path, scripted: Any, fleet_factory: Any, host: Host
+) -> None:
+    """What `sandbox = "none"` means: the same commands see and touch the host (so the test above can fail)."""
+    probes = isolation_probes(host)
+    chosen = [
+        "see host processes",
+        "read a key from another process",
+        "connect to a host Unix socket",
+        "read a host file",
+    ]
+    server = scripted(
+        {"agents": [{"name": "open", "turns": [*(shell_turn(probes[c]) for c in chosen), {"say": "Ok."}]}]}
+    )
+    cfg = fleet_config(repo, server, [AgentConfig(name="open", task="try", model="open", policy="never")])
+    cfg.tools.sandbox = "none"
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    assert await fleet.wait_settled(60)
+    results = [e.output for e in fleet.store.iter_events("open") if isinstance(e, ev.ToolResult)]
+    out = dict(zip(chosen, results, strict=True))
+    assert MARKER in out["see host processes"]
+    assert host.key in out["read a key from another process"]
+    assert "unix-connected" in out["connect to a host Unix socket"] and host.accepted == 1
+    assert "host private text" in out["read a host file"]

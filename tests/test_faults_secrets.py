@@ -113,3 +113,52 @@ async def test_pass_env_hands_the_key_to_shell_tools_when_named(
     name, value = api_key
     fleet = await run_fleet(repo, server, name, fleet_factory, pass_env=[name])
     assert f"{name}={value}" in env_output(fleet)
+
+
+READ_THE_KEY = (
+    "tr '\\0' '\\n' < /proc/$PPID/environ | grep {name}; "
+    "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep {name}; echo searched"
+)
+
+
+@pytest.mark.parametrize("sandbox", ["bwrap", "none"])
+def test_an_agent_reading_missionctls_environment(
+    sandbox: str, repo: Path, scripted: Any, tmp_path: Path, api_key: tuple[str, str]
+) -> None:
+    """The report: `tr '\\0' '\\n' </proc/$PPID/environ` in an agent's command printed the key, which then went
+    into events.jsonl and to the model. missionctl runs as the user started it, the key in its environment;
+    in the sandbox no process outside it is visible. Unsandboxed it is readable, as README and doctor say."""
+    import os
+    import subprocess
+    import sys
+
+    from mc.tools import sandbox_available
+
+    if sandbox == "bwrap" and not sandbox_available()[0]:
+        pytest.skip(sandbox_available()[1])
+    name, value = api_key
+    server = scripted(
+        {"agents": [{"name": "reader", "turns": [shell_turn(READ_THE_KEY.format(name=name)), {"say": "ok"}]}]}
+    )
+    config = tmp_path / "missionctl.toml"
+    config.write_text(
+        f'[repo]\npath = "{repo}"\nworktree_dir = "{tmp_path / "wt"}"\n'
+        f'[model]\nbase_url = "{server.base_url}"\napi_key_env = "{name}"\n'
+        f'[tools]\nsandbox = "{sandbox}"\n'
+        '[[agents]]\nname = "reader"\ntask = "look around"\nmodel = "reader"\npolicy = "never"\n'
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "mc", "run", "--headless", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, name: value},
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    log = (repo / ".mc" / "agents" / "reader" / "events.jsonl").read_text()
+    assert "searched" in log  # the command ran
+    told = "".join(server.requests_for("reader")[-1].tool_outputs())
+    if sandbox == "bwrap":
+        assert value not in log and value not in told and value not in run.stdout
+    else:
+        assert value in log and value in told  # what an unsandboxed agent can do: see README, Security

@@ -411,8 +411,8 @@ async def test_shell_timeout_kills_the_group_and_escapees(layout: dict[str, Path
 
 async def test_shell_stops_background_processes_when_it_ends(layout: dict[str, Path], tag: str) -> None:
     out, _ = await asyncio.wait_for(
-        call("shell", {"command": "sleep 300 & echo done"}, Workspace(layout["wt"]), tag), 60
-    )
+        call("shell", {"command": "sleep 300 & echo done"}, Workspace(layout["wt"]), tag, sandbox="none"), 60
+    )  # unconfined: in the sandbox they end with it (its own process namespace), with no one left to count
     assert out.ok and out.output.startswith("done\n") and "background process" in out.output
     assert procs.find_tagged(tag) == []
 
@@ -479,7 +479,7 @@ async def test_bwrap_confines_writes_and_network(layout: dict[str, Path], tag: s
     ws = Workspace(layout["wt"])
     port = listener.getsockname()[1]
     outside_tmp = layout["outside"] / "from-sandbox.txt"  # under /tmp: hidden by the sandbox's own /tmp
-    var_tmp = Path(tempfile.mkdtemp(prefix="mc-bwrap-", dir="/var/tmp"))  # read-only in the sandbox
+    var_tmp = Path(tempfile.mkdtemp(prefix="mc-bwrap-", dir="/var/tmp"))  # the sandbox has its own /var/tmp
     try:
         connect = (
             f"{PY} -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2); print('connected')\""
@@ -493,12 +493,12 @@ async def test_bwrap_confines_writes_and_network(layout: dict[str, Path], tag: s
         assert (layout["wt"] / "written.txt").read_text() == "inside\n"
         assert not outside_tmp.exists()
         assert not (var_tmp / "x.txt").exists()
-        assert "Read-only file system" in out.output
+        assert out.output.count("No such file or directory") == 2  # neither folder is there at all
         assert "connected" not in out.output
         with pytest.raises(TimeoutError):
             listener.accept()
         # The same command without the sandbox does reach the listener and writes outside: the test can fail.
-        plain, _ = await call("shell", {"command": script}, ws, tag)
+        plain, _ = await call("shell", {"command": script}, ws, tag, sandbox="none")
         assert "connected" in plain.output and (var_tmp / "x.txt").exists()
         listener.accept()[0].close()
         assert procs.find_tagged(tag) == []

@@ -21,7 +21,7 @@ from typing import Literal
 
 import git as gitpython
 
-from mc.git.cmd import GitError, run_git, run_git_status
+from mc.git.cmd import GitError, run_git, run_git_status, trust_repository
 
 MergeMode = Literal["ff", "merge", "squash"]
 LOCK_REASON = "missionctl agent"
@@ -130,6 +130,7 @@ class Repo:
             self.git_common_dir = Path(opened.common_dir).resolve()
         finally:
             opened.close()
+        trust_repository(self.git_common_dir, self.root)  # git in its linked (agents') worktrees is confined
         self._lock = _repo_lock(self.git_common_dir)
         self._identity: dict[str, str] | None = None
 

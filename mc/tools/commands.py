@@ -113,7 +113,7 @@ BWRAP_MISSING = (
 def _probe(bwrap: str) -> tuple[bool, str]:
     try:
         done = subprocess.run(
-            [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-net", "--", "true"],
+            [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *_isolation(), "--", "true"],
             capture_output=True,
             timeout=20,
             stdin=subprocess.DEVNULL,
@@ -144,19 +144,80 @@ def sandbox_available(path: str | None = None) -> tuple[bool, str]:
     return _probe(bwrap)
 
 
-def bwrap_argv(bwrap: str, root: Path, argv: list[str]) -> list[str]:
-    """`argv` under bubblewrap: everything read-only, the worktree writable, a private /tmp, no network."""
+#: System folders a sandboxed command sees, read-only (those that exist; a symlink such as /bin → usr/bin stays one).
+SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/sys", "/nix")
+#: PATH folders whose parent holds what their programs need (~/.cargo/bin → ~/.cargo, ~/.pyenv/shims → ~/.pyenv).
+_BIN_NAMES = frozenset({"bin", "sbin", "shims"})
+
+
+def _isolation() -> list[str]:
+    """Namespaces of their own (processes, IPC, host name, network, cgroups), a new session, death with the
+    parent; as root, no capabilities either (an unprivileged bwrap drops them itself)."""
+    flags = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]
+    flags += ["--die-with-parent", "--new-session"]
+    if os.geteuid() == 0:
+        flags += ["--cap-drop", "ALL"]
+    return flags
+
+
+def _inside_any(path: str, folders: list[str]) -> bool:
+    for folder in folders:
+        try:
+            if os.path.commonpath([path, folder]) == folder:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def program_folders(path: str | None, home: str | None = None) -> list[str]:
+    """The folders outside the system folders that the programs on `path` need: each PATH entry, or its parent
+    when it is a bin folder (~/.cargo/bin → ~/.cargo), but never the home folder or / itself."""
+    system = [os.path.realpath(f) for f in SYSTEM_FOLDERS if os.path.isdir(f)]
+    home_real = os.path.realpath(home) if home else ""
+    found: list[str] = []
+    for entry in (path or "").split(os.pathsep):
+        if not os.path.isabs(entry) or not os.path.isdir(entry):
+            continue
+        real = os.path.realpath(entry)
+        folder = os.path.dirname(real) if os.path.basename(real) in _BIN_NAMES else real
+        if folder in ("/", home_real):
+            folder = real
+        if folder in ("/", home_real) or _inside_any(folder, system + found):
+            continue
+        found = [f for f in found if not _inside_any(f, [folder])] + [folder]
+    return found
+
+
+def bwrap_argv(
+    bwrap: str,
+    root: Path,
+    argv: list[str],
+    *,
+    git_dir: Path | None = None,
+    path: str | None = None,
+    home: str | None = None,
+) -> list[str]:
+    """`argv` under bubblewrap, seeing only what a command needs: the system folders and the folders of the
+    programs on `path` read-only, a private /tmp (and an empty home folder), the worktree `root` writable, its
+    `.git` and the repository's `git_dir` read-only; no other process, no host IPC or Unix socket, no network.
+    """
     wt = str(root)
-    return [
-        bwrap,
-        "--ro-bind", "/", "/",
-        "--dev", "/dev",
-        "--proc", "/proc",
-        "--tmpfs", "/tmp",
-        "--bind", wt, wt,
-        "--unshare-net",
-        "--die-with-parent",
-        "--chdir", wt,
-        "--",
-        *argv,
-    ]  # fmt: skip
+    args = [bwrap]
+    for folder in SYSTEM_FOLDERS:
+        if os.path.islink(folder):
+            args += ["--symlink", os.readlink(folder), folder]
+        elif os.path.isdir(folder):
+            args += ["--ro-bind", folder, folder]
+    args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
+    if home and os.path.isabs(home) and os.path.realpath(home) != "/":
+        args += ["--tmpfs", os.path.realpath(home)]
+    for folder in program_folders(path, home):
+        args += ["--ro-bind", folder, folder]
+    if git_dir is not None:
+        args += ["--ro-bind", str(git_dir), str(git_dir)]
+    args += ["--bind", wt, wt]
+    dotgit = os.path.join(wt, ".git")
+    if not os.path.islink(dotgit) and os.path.exists(dotgit):  # (mission control never makes it a symlink)
+        args += ["--ro-bind", dotgit, dotgit]
+    return [*args, *_isolation(), "--chdir", wt, "--", *argv]

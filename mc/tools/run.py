@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Any
 
 from mc import procs
 from mc.config import ToolsConfig
-from mc.tools.commands import bwrap_argv, find_bwrap, sandbox_available
+from mc.git.cmd import GitError, agent_git_dir, git_command
+from mc.tools.commands import bwrap_argv, find_bwrap, safe_env, sandbox_available
 from mc.tools.patch import PatchError, patch_files
 from mc.tools.registry import TOOLS
 from mc.tools.workspace import Refusal, Workspace
@@ -32,6 +34,42 @@ MAX_LOG_LINE = 4096
 #: what the model receives).
 LOG_HEAD = 256 * 1024
 LOG_TAIL = 64 * 1024
+
+
+UNCONFINED = (
+    "shell commands run unconfined ({why}): they can read and change whatever you can, including the "
+    "environment of mission control and the API key in it; install bubblewrap (apt-get install bubblewrap) to "
+    'confine them, the default where it is installed ([tools] sandbox = "auto")'
+)
+_noticed: set[int] = set()
+
+
+def effective_sandbox(setting: str, path: str | None = None) -> tuple[str, str]:
+    """What [tools] sandbox means on this machine, for commands with this PATH: ("bwrap", its version and
+    path), ("none", what that means), or ("", why the command must not run: "bwrap" asked for, not usable)."""
+    if setting == "none":
+        return "none", UNCONFINED.format(why='[tools] sandbox = "none"')
+    ok, why = sandbox_available(path)
+    if ok:
+        return "bwrap", why
+    if setting == "bwrap":
+        return "", why
+    reason = "bubblewrap is not installed" if find_bwrap(path) is None else why
+    return "none", UNCONFINED.format(why=reason)
+
+
+def sandbox_notice(config: Any) -> str | None:
+    """Once per fleet `config` (the first agent start): the notice that its agents' commands run unconfined
+    because [tools] sandbox = "auto" found no usable bubblewrap; None otherwise. Blocking (runs bwrap once)."""
+    tools = config.tools
+    if tools.sandbox != "auto" or id(config) in _noticed:
+        return None
+    mode, why = effective_sandbox(tools.sandbox, safe_env(tools.pass_env).get("PATH"))
+    if mode != "none":
+        return None
+    _noticed.add(id(config))
+    weakref.finalize(config, _noticed.discard, id(config))
+    return "no sandbox: " + why
 
 
 @dataclass(frozen=True)
@@ -221,6 +259,8 @@ async def run_tool(
             outcome = await _search(args, ws, env, tag)
     except _BadArgs as exc:
         return ToolOutcome(False, str(exc))
+    except GitError as exc:  # the worktree's .git no longer points where mission control put it
+        return ToolOutcome(False, f"{name}: {exc}")
     except OSError as exc:  # a program or folder that cannot be started or read
         return ToolOutcome(False, f"{name} failed: {exc}")
     return ToolOutcome(outcome.ok, truncate_output(outcome.output, tools_cfg.max_output), outcome.exit_code)
@@ -247,12 +287,14 @@ async def _shell(
     env = dict(env)
     shell = shutil.which("bash", path=env.get("PATH")) or "/bin/sh"
     argv = [shell, "-c", command]
-    if cfg.sandbox == "bwrap":
-        ok, why = await asyncio.to_thread(sandbox_available, env.get("PATH"))
-        bwrap = find_bwrap(env.get("PATH"))
-        if not ok or bwrap is None:
-            return ToolOutcome(False, why)
-        argv = bwrap_argv(bwrap, ws.root, argv)
+    mode, why = await asyncio.to_thread(effective_sandbox, cfg.sandbox, env.get("PATH"))
+    bwrap = find_bwrap(env.get("PATH"))
+    if not mode or (mode == "bwrap" and bwrap is None):
+        return ToolOutcome(False, why)
+    if mode == "bwrap" and bwrap is not None:
+        admin = agent_git_dir(ws.root)  # <common git dir>/worktrees/<id>, as the repository records it
+        common = admin.parent.parent if admin is not None else None
+        argv = bwrap_argv(bwrap, ws.root, argv, git_dir=common, path=env.get("PATH"), home=env.get("HOME"))
         env["TMPDIR"] = "/tmp"
     call_tag = f"{tag}/shell-{uuid.uuid4().hex[:8]}"
     collected = _HeadTail(cfg.max_output)
@@ -354,8 +396,13 @@ def _write_file(args: dict[str, Any], ws: Workspace) -> ToolOutcome:
 async def _capture(
     argv: list[str], ws: Workspace, env: dict[str, str], tag: str, stdin: str | None = None, max_chars: int = 0
 ) -> tuple[int, str, str, bool]:
-    """Run a helper (git) to completion: (exit code, stdout, stderr, cut short)."""
+    """Run a helper (git) to completion: (exit code, stdout, stderr, cut short).
+
+    It runs outside any sandbox, so git is confined as mission control's own calls are (mc.git.cmd): no config
+    the agent could have written runs a program. Raises GitError when the worktree's .git was tampered with."""
     env = {**env, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C.UTF-8"}
+    if argv[0] == "git":
+        argv, env = git_command(argv[1:], ws.root, env)
     proc = await procs.start(
         argv, cwd=ws.root, env=env, tag=f"{tag}/{uuid.uuid4().hex[:8]}", stdin=stdin is not None, stderr="separate"
     )
