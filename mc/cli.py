@@ -358,13 +358,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             good &= _check(False, f"runner {kind}", f"not usable: {detail}")
         else:  # not usable, but no agent needs it: a warning, not a failure
             _check(True, f"runner {kind}", f"not usable: {detail}; no agent uses it", mark="warn")
-    from mc.tools import sandbox_available
+    from mc.tools.run import effective_sandbox
 
-    ok, why = sandbox_available()
-    if cfg.tools.sandbox == "bwrap":
-        good &= _check(ok, "sandbox", why)
+    mode, why = effective_sandbox(cfg.tools.sandbox)
+    setting = f'[tools] sandbox = "{cfg.tools.sandbox}"'
+    if mode == "bwrap":
+        seen = "the worktree, system folders and no other process, Unix socket or network"
+        _check(True, "sandbox", f"bwrap ({setting}): {why}; the built-in agent's commands see {seen}")
+    elif mode == "none":
+        _check(True, "sandbox", f"none ({setting}): {why}", mark="warn")
     else:
-        _check(True, "sandbox", f'off ([tools] sandbox = "none"); bubblewrap: {why}')
+        good &= _check(False, "sandbox", why)
     return 0 if good else 1
 
 

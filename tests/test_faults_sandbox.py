@@ -312,3 +312,72 @@ async def test_unconfined_the_same_probes_reach_the_host(
     assert host.key in out["read a key from another process"]
     assert "unix-connected" in out["connect to a host Unix socket"] and host.accepted == 1
     assert "host private text" in out["read a host file"]
+
+
+# ----------------------------------------------------------------------------------------- the default: auto
+
+
+async def test_auto_is_the_sandbox_where_bubblewrap_works(
+    repo: Path, scripted: Any, fleet_factory: Any, outside: Path
+) -> None:
+    needs_bwrap()
+    (outside / "private.txt").write_text("host private text\n")
+    server = scripted(
+        {"agents": [{"name": "dflt", "turns": [shell_turn(f"cat {outside}/private.txt"), {"say": "Ok."}]}]}
+    )
+    cfg = fleet_config(repo, server, [AgentConfig(name="dflt", task="try", model="dflt", policy="never")])
+    assert cfg.tools.sandbox == "auto"  # nothing set: the default
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    assert await fleet.wait_settled(30)
+    result = next(e for e in fleet.store.iter_events("dflt") if isinstance(e, ev.ToolResult))
+    assert not result.ok and "No such file or directory" in result.output
+    assert not [e for e in fleet.store.iter_events("dflt") if isinstance(e, ev.ErrorEvent)]  # no notice
+
+
+async def test_auto_without_bubblewrap_runs_unconfined_and_says_so_once(
+    repo: Path, scripted: Any, fleet_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(bin_without_bwrap(tmp_path / "bin")))
+    names = ("first", "second")
+    server = scripted({"agents": [{"name": n, "turns": [shell_turn(f"touch {n}.txt"), {"say": "Ok."}]} for n in names]})
+    cfg = fleet_config(repo, server, [AgentConfig(name=n, task="try", model=n, policy="never") for n in names])
+    fleet = await fleet_factory(cfg)
+    for name in names:  # one after the other: the first start is the one that says it
+        await fleet.spawn(next(a for a in cfg.agents if a.name == name))
+        assert await fleet.wait_settled(30)
+    notices = {n: [e.message for e in fleet.store.iter_events(n) if isinstance(e, ev.ErrorEvent)] for n in names}
+    assert len(notices["first"]) == 1 and notices["second"] == [], notices
+    notice = notices["first"][0]
+    assert notice.startswith("no sandbox: shell commands run unconfined (bubblewrap is not installed)")
+    assert "API key" in notice and "apt-get install bubblewrap" in notice
+    assert any(text == f"! {notice}" for _, text in fleet.get("first").log.lines)  # in the pane
+    for name in names:  # and the commands did run, unconfined
+        assert (Path(fleet.get(name).worktree) / f"{name}.txt").exists()
+
+
+def test_doctor_says_which_sandbox_is_in_force(repo: Path, scripted: Any, tmp_path: Path) -> None:
+    server = scripted({"agents": [{"name": "a", "turns": [{"say": "hi"}]}]})
+    path = bin_without_bwrap(tmp_path / "bin")
+
+    def doctor(sandbox: str, env_path: str) -> str:
+        config = tmp_path / f"{sandbox}.toml"
+        tools = f'[tools]\nsandbox = "{sandbox}"\n' if sandbox != "default" else ""
+        config.write_text(
+            f'[repo]\npath = "{repo}"\nworktree_dir = "{tmp_path / "wt"}"\n'
+            f'[model]\nbase_url = "{server.base_url}"\napi_key_env = ""\n{tools}'
+        )
+        env = {**os.environ, "PATH": env_path, "PYTHONPATH": str(ROOT)}
+        argv = [sys.executable, "-m", "mc", "doctor", "--config", str(config)]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+        return next(x for x in done.stdout.splitlines() if "sandbox:" in x)
+
+    missing = doctor("default", str(path))
+    assert missing.startswith('warn  sandbox: none ([tools] sandbox = "auto")'), missing
+    assert "bubblewrap is not installed" in missing and "API key" in missing
+    unconfined = doctor("none", os.environ["PATH"])
+    assert unconfined.startswith('warn  sandbox: none ([tools] sandbox = "none")') and "API key" in unconfined
+    ok, why = sandbox_available()
+    if ok:
+        present = doctor("default", os.environ["PATH"])
+        assert present.startswith('ok    sandbox: bwrap ([tools] sandbox = "auto")') and why in present, present

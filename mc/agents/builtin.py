@@ -32,6 +32,7 @@ from mc.agents.base import (
     needs_approval,
 )
 from mc.tools import TOOLS, Refusal, Workspace, command_key, openai_tools, preview, run_tool, safe_env
+from mc.tools.run import sandbox_notice
 
 SYSTEM_PROMPT = """\
 You are a careful software engineer working on a task in a git worktree at {worktree}.
@@ -175,6 +176,9 @@ class BuiltinRunner(Runner):
         return self._task is not None and not self._task.done()
 
     async def start(self, task: str) -> None:
+        notice = await asyncio.to_thread(sandbox_notice, self.ctx.config)  # once per fleet, when unconfined
+        if notice:
+            self.ctx.emit(ev.ErrorEvent(agent=self.ctx.agent_id, message=notice))
         self._add_history({"role": "user", "content": task})
         self._spawn_turn()
 
