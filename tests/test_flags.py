@@ -270,6 +270,11 @@ def test_a_team_adds_rules_and_turns_built_in_ones_off_in_config(tmp_path: Path)
     assert (todo.severity, todo.message) == ("low", "a TODO left in")
     assert next(f for f in flags if f.rule == "team.migrations").message == "team.migrations"
     assert scanner_for(FlagsConfig(enabled=False)) is None
+    # [flags] entropy is the bar of secret.high-entropy (this value has 4.6 bits per character)
+    write(repo, "app/main.py", 'x = 1\nSALT = "Zx81kPq0LmN2vB7cXa9sDf3G"\n')
+    assert "secret.high-entropy" in {f.rule for f in scanner_for(FlagsConfig()).scan(compute_diff(repo, base))}
+    strict = scanner_for(FlagsConfig(entropy=4.7))
+    assert "secret.high-entropy" not in {f.rule for f in strict.scan(compute_diff(repo, base))}
 
 
 @pytest.mark.parametrize(
