@@ -63,6 +63,12 @@ def _open_fleet(cfg: Config, readonly: bool = False) -> Any:
     return Fleet(cfg, readonly=readonly)
 
 
+def _tell_notices(fleet: Any) -> None:
+    """What opening the fleet repaired after a kill (an interrupted merge or spawn), on stderr."""
+    for notice in fleet.notices:
+        print(f"missionctl: {notice}", file=sys.stderr)
+
+
 # -- subcommands -----------------------------------------------------------------------------------
 def example_config() -> str:
     """The documented example config (every option, its default and what it does), shipped with the package."""
@@ -98,6 +104,7 @@ async def _run_headless(cfg: Config, out: Any = None, *, spawn: bool = True) -> 
     out = out or sys.stdout
     fleet = Fleet(cfg)
     await fleet.open()
+    _tell_notices(fleet)
 
     def show(event: ev.Event) -> None:
         if event.type in ("conversation", "runner_state"):
@@ -255,6 +262,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 async def _merge(cfg: Config, name: str, mode: str | None, message: str | None) -> int:
     fleet = _open_fleet(cfg)
     await fleet.open()
+    _tell_notices(fleet)
     try:
         agent = fleet.get(name)
         result = await fleet.merge(agent.id, mode=mode, message=message)
@@ -275,6 +283,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 async def _discard(cfg: Config, name: str) -> int:
     fleet = _open_fleet(cfg)
     await fleet.open()
+    _tell_notices(fleet)
     try:
         agent = fleet.get(name)
         ref = await fleet.discard(agent.id)

@@ -144,6 +144,33 @@ class AgentConfig:
     terminal). For claude, codex and acp: the agent's executable and its arguments (default: their usual name)."""
     base: str = ""
     """Overrides [repo] base for this agent."""
+    reuse_branch: bool = False
+    """Work on the branch mc/<name> when it exists already (the agent continues from it), instead of failing."""
+    group: str = ""
+    """Agents with the same group (copies of one task) are totalled together; empty: in no group."""
+    budget_tokens: int = 0
+    """Tokens (in and out) the agent may use; once reached it asks before its next model call. 0: no budget."""
+    budget_cost: float = 0.0
+    """What the agent may spend at the [prices] of its model; once reached it asks before its next model call.
+    0: no budget."""
+
+
+@dataclass
+class PriceConfig:
+    input: float
+    """The price of a million input tokens (the prompt, cached tokens included)."""
+    output: float
+    """The price of a million output tokens."""
+
+
+@dataclass
+class FleetConfig:
+    budget_tokens: int = 0
+    """Tokens (in and out) all agents together may use; once reached each agent asks before its next model call.
+    0: no budget."""
+    budget_cost: float = 0.0
+    """What all agents together may spend at the [prices] of their models; once reached each agent asks before
+    its next model call. 0: no budget."""
 
 
 @dataclass
@@ -154,6 +181,9 @@ class Config:
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     ui: UIConfig = field(default_factory=UIConfig)
     flags: FlagsConfig = field(default_factory=FlagsConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    prices: dict[str, PriceConfig] = field(default_factory=dict)
+    """Model name → its price per million tokens in and out ([prices] table)."""
     agents: list[AgentConfig] = field(default_factory=list)
     source: str = ""
     """The file this config was read from ("" when built in code)."""
@@ -176,6 +206,7 @@ _SECTIONS: dict[str, type] = {
     "tools": ToolsConfig,
     "ui": UIConfig,
     "flags": FlagsConfig,
+    "fleet": FleetConfig,
 }
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("repo", "merge"): MERGE_MODES,
@@ -199,6 +230,12 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, str]] = {
     ("flags", "large_file"): (1, 1_000_000_000_000, True, "bytes"),
     ("flags", "entropy"): (0, 8, False, "bits per character"),
     ("flags.rules", "entropy"): (0, 8, True, "bits per character"),
+    ("agents", "budget_tokens"): (0, 10**15, True, "tokens; 0: no budget"),
+    ("agents", "budget_cost"): (0, 10**12, True, "0: no budget"),
+    ("fleet", "budget_tokens"): (0, 10**15, True, "tokens; 0: no budget"),
+    ("fleet", "budget_cost"): (0, 10**12, True, "0: no budget"),
+    ("prices", "input"): (0, 10**9, True, "per million tokens"),
+    ("prices", "output"): (0, 10**9, True, "per million tokens"),
 }
 NAME_MAX = 64
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
@@ -420,8 +457,10 @@ def config_from_dict(data: dict[str, Any], source: str = "", text: str = "") -> 
                     f"{_where(source, text, 'agents', None)}: agents must be an array of tables: write [[agents]]"
                 )
             cfg.agents = [_build(AgentConfig, v, "agents", source, text, index=i) for i, v in enumerate(value)]
+        elif key == "prices":
+            cfg.prices = _prices(value, source, text)
         else:
-            known = ", ".join([*_SECTIONS, "agents"])
+            known = ", ".join([*_SECTIONS, "prices", "agents"])
             raise ConfigError(
                 f"{_where(source, text, key, None) if isinstance(value, dict) else source or 'config'}: "
                 f"unknown table or key {key!r}: remove it or use one of {known}"
@@ -453,7 +492,114 @@ def config_from_dict(data: dict[str, Any], source: str = "", text: str = "") -> 
                 f'{where}: [[agents]] {agent.name!r} {said}: say what the agent should do, e.g. add task = "Fix the '
                 'failing test in tests/"'
             )
+    _check_cost_budgets(cfg, source, text)
     return cfg
+
+
+def spawn_model(cfg: Config, agent: AgentConfig) -> str:
+    """The model an agent is recorded with: its own, else [model] model for the built-in runner; "" when another
+    runner picks its own."""
+    return agent.model or (cfg.model.model if agent.runner == "builtin" else "")
+
+
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else '"' + name.replace('"', '\\"') + '"'
+
+
+def _price_fix(model: str) -> str:
+    return f"add [prices] {_toml_key(model)} = {{ input = …, output = … }} (per million tokens)"
+
+
+def _check_cost_budgets(cfg: Config, source: str, text: str) -> None:
+    """A cost budget needs the price of every model it counts: none is ever guessed."""
+    for i, agent in enumerate(cfg.agents):
+        if not agent.budget_cost:
+            continue
+        model = spawn_model(cfg, agent)
+        head = f"{_where(source, text, 'agents', 'budget_cost', i)}: [[agents]] {agent.name!r} budget_cost = "
+        if not model:
+            raise ConfigError(
+                f"{head}{agent.budget_cost!r}: no price can be known, {agent.runner} picks its own model: set "
+                'model = "…" and give its price in [prices]'
+            )
+        if model not in cfg.prices:
+            raise ConfigError(
+                f'{head}{agent.budget_cost!r}: no price is known for its model "{model}": {_price_fix(model)}'
+            )
+    if not cfg.fleet.budget_cost:
+        return
+    head = f"{_where(source, text, 'fleet', 'budget_cost')}: [fleet] budget_cost = {cfg.fleet.budget_cost!r}: "
+    if cfg.model.model not in cfg.prices:
+        raise ConfigError(
+            f'{head}no price is known for "{cfg.model.model}" ([model] model): {_price_fix(cfg.model.model)}'
+        )
+    for agent in cfg.agents:
+        if agent.runner == "command":
+            continue  # a command reports no tokens
+        model = spawn_model(cfg, agent)
+        if not model:
+            raise ConfigError(
+                f"{head}no price can be known for agent {agent.name!r}, {agent.runner} picks its own model: set its "
+                'model = "…" and give its price in [prices]'
+            )
+        if model not in cfg.prices:
+            raise ConfigError(f'{head}no price is known for "{model}" (agent {agent.name!r}): {_price_fix(model)}')
+
+
+def _price_line(text: str, model: str, key: str | None) -> int | None:
+    """Best-effort line of a model's price (or of one of its keys) in the [prices] table."""
+    header: int | None = None
+    current = ""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line.startswith("["):
+            current = re.sub(r"\s+", "", line.split("#", 1)[0]).strip("[]")
+            parts = current.split(".", 1)
+            if parts[0] == "prices" and len(parts) == 2 and parts[1].strip("\"'") == model:
+                header = number
+                if key is None:
+                    return number
+            continue
+        if current == "prices":
+            m = re.match(r'^("[^"]*"|\'[^\']*\'|[A-Za-z0-9_-]+)\s*=', line)
+            if m and m.group(1).strip("\"'") == model:
+                return number
+        elif header is not None and key is not None and re.match(rf"^{re.escape(key)}\s*=", line):
+            return number
+    return header
+
+
+def _prices(value: Any, source: str, text: str) -> dict[str, PriceConfig]:
+    """[prices]: model name → its price per million tokens in and out, both given (no price is ever guessed)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{_where(source, text, 'prices', None)}: prices must be a table: write [prices]")
+    prices: dict[str, PriceConfig] = {}
+    for model, price in value.items():
+        name = _toml_key(model)
+
+        def where(key: str | None = None, model: str = model) -> str:
+            line = _price_line(text, model, key) if text else None
+            return f"{source or 'config'}:{line}" if line else source or "config"
+
+        if not isinstance(price, dict):
+            raise ConfigError(
+                f"{where()}: [prices] {name} = {price!r}: must be a table of the prices per million tokens, e.g. "
+                f"{name} = {{ input = 1.25, output = 10.0 }}"
+            )
+        for key, written in price.items():
+            if key not in ("input", "output"):
+                raise ConfigError(f"{where(key)}: unknown key [prices] {name} {key}: remove it or use input and output")
+            ok, number = _check_value(written, "float")
+            problem = _value_problem("prices", key, number, "float") if ok else "must be a number"
+            if problem:
+                raise ConfigError(f"{where(key)}: [prices] {name} {key} = {written!r}: {problem}")
+        missing = [k for k in ("input", "output") if k not in price]
+        if missing:
+            raise ConfigError(
+                f"{where()}: [prices] {name} is missing its {missing[0]} price: add {missing[0]} = … (per million tokens)"
+            )
+        prices[model] = PriceConfig(input=float(price["input"]), output=float(price["output"]))
+    return prices
 
 
 def _flag_rules(value: Any, source: str, text: str) -> list[FlagRuleConfig]:
@@ -527,8 +673,10 @@ def starter_config(repo: str = ".", model: str = "gpt-5-mini", base_url: str = "
     ]
     data = config_to_dict(cfg)
     for agent in data["agents"]:
-        for key in [k for k, v in agent.items() if v == ""]:
+        for key in [k for k, v in agent.items() if v == "" or v is False or (isinstance(v, (int, float)) and v == 0)]:
             del agent[key]
+    if not data["prices"]:
+        data.pop("prices")
     head = (
         "# missionctl configuration. Every option, its default and what it does: `missionctl init --example`.\n"
         "# The API key is read from the environment variable named by api_key_env, never from this file.\n\n"

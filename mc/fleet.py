@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import signal
 import time
@@ -28,7 +29,8 @@ from mc.config import AgentConfig, Config, agent_name_problem, suggest_name
 from mc.flags import FlagScanner, scanner_for
 from mc.git import Diff as Diff
 from mc.git import DiffScheduler, GitError, MergeResult, Repo
-from mc.store import FleetLocked, LogWriteError, Store, StoreError, demo_scenario
+from mc.git.repo import MergeRecovery, fault_point
+from mc.store import FleetLocked, LogWriteError, Store, StoreError, atomic_write, demo_scenario
 from mc.watch import WorktreeWatcher
 
 __all__ = ["Diff", "Fleet", "FleetError", "FleetLocked", "MergeResult"]
@@ -90,6 +92,9 @@ class Fleet:
         self._retry: asyncio.TimerHandle | None = None
         self._save_later: asyncio.TimerHandle | None = None
         self._checkpointed: dict[str, int] = {}  # agent → log offset of its last checkpoint
+        self._recovery: MergeRecovery | None = None
+        self.notices: list[str] = []
+        """What the last open found and repaired after a kill (an interrupted merge or spawn), one line each."""
         self.demo_scenario: str | None = None
         """The scenario of a fleet `missionctl demo` started (from its state); None for any other fleet."""
         self._demo_server: Any = None
@@ -126,6 +131,8 @@ class Fleet:
         def load() -> None:  # git and disk: off the loop (a large fleet's logs take a while to read)
             self.base_branch = self.config.repo.base or (self.repo.current_branch() or "")
             self._restore()
+            if not self.readonly:
+                self._recover_git()
 
         try:
             await asyncio.to_thread(load)
@@ -259,7 +266,61 @@ class Fleet:
                     await runner.restore()
                 else:
                     self._try_emit(ev.StatusChanged(agent=agent.id, status="interrupted", previous="waiting"))
+        await self._apply_merge_recovery()
         self._save_state()
+
+    @property
+    def _spawn_records(self) -> Path:
+        return self.state_dir / "spawning"
+
+    def _recover_git(self) -> None:
+        """After a kill (blocking): finish or undo an interrupted merge; take back what a spawn that was
+        interrupted before its agent was recorded left in git, so that the agent can start again."""
+        try:
+            self._recovery = self.repo.recover_merge()
+        except GitError as exc:
+            self.notices.append(f"an interrupted merge could not be recovered: {exc}")
+        if self._recovery is not None:
+            self.notices.append(self._recovery.message)
+        folder = self._spawn_records
+        for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            name = record.stem
+            try:
+                data = json.loads(record.read_text(encoding="utf-8"))
+                if name not in self.agents:
+                    left = self.repo.remove_unstarted(
+                        Path(data["worktree"]), data["branch"], data["base_commit"], keep_branch=bool(data["reuse"])
+                    )
+                    extra = f" ({'; '.join(left)})" if left else ""
+                    self.notices.append(
+                        f"agent {name} was being created when mission control stopped: what it had made was "
+                        f"taken back{extra}; spawn it again"
+                    )
+            except (OSError, ValueError, KeyError, TypeError, GitError) as exc:
+                self.notices.append(f"agent {name}: an interrupted spawn could not be cleaned up: {exc}")
+                continue
+            record.unlink(missing_ok=True)
+
+    async def _apply_merge_recovery(self) -> None:
+        """Tell the agent whose merge was interrupted what became of it; a completed merge makes it merged."""
+        rec, self._recovery = self._recovery, None
+        if rec is None:
+            return
+        agent = next(
+            (a for a in self.agents.values() if rec.branch and a.branch == rec.branch and a.status != "discarded"),
+            None,
+        )
+        if agent is None:
+            return
+        self.emit(ev.ErrorEvent(agent=agent.id, message=rec.message))
+        if rec.outcome == "completed" and agent.status != "merged":
+            self.emit(ev.Merged(agent=agent.id, mode=rec.mode, commit=rec.commit, into=rec.into))
+            self.emit(ev.StatusChanged(agent=agent.id, status="merged", previous=agent.status, reason=rec.message))
+            if self.watcher is not None:
+                self.watcher.remove(agent.id)
+            if agent.worktree and Path(agent.worktree).is_dir():
+                with contextlib.suppress(GitError):
+                    await asyncio.to_thread(self.repo.remove_worktree, Path(agent.worktree), force=False)
 
     async def close(self) -> None:
         """Stop runners and watchers and release the fleet. State stays on disk for the next start."""
@@ -644,13 +705,37 @@ class Fleet:
         return f"mc-{self._fleet_key}-{agent_id}"
 
     async def spawn_configured(self) -> list[Agent]:
-        """Spawn every agent of the config that this fleet does not have yet."""
+        """Spawn every agent of the config that this fleet does not have yet (or that failed before it had a
+        worktree). One that cannot start is recorded as failed, with the reason; the others start all the same."""
         spawned = []
         for spec in self.config.agents:
-            if spec.name in self.agents:
+            known = self.agents.get(spec.name)
+            if known is not None and not _never_started(known):
                 continue
-            spawned.append(await self.spawn(spec))
+            try:
+                spawned.append(await self.spawn(spec))
+            except FleetError as exc:
+                spawned.append(self._spawn_failed(spec, str(exc)))
         return spawned
+
+    def _spawn_failed(self, spec: AgentConfig, reason: str) -> Agent:
+        """Record an agent that could not be created: no branch and no worktree are its (nothing to merge or
+        discard), and it is spawned again by the next run."""
+        self.specs[spec.name] = spec
+        self.emit(
+            ev.AgentCreated(
+                agent=spec.name,
+                name=spec.name,
+                task=spec.task,
+                runner=spec.runner,
+                model=spec.model,
+                policy=spec.policy or self.config.policy.approve,
+                base_ref=spec.base or self.base_branch,
+            )
+        )
+        self.emit(ev.ErrorEvent(agent=spec.name, message=reason, fatal=True))
+        self.emit(ev.StatusChanged(agent=spec.name, status="failed", previous="starting", reason=reason))
+        return self.agents[spec.name]
 
     async def spawn(self, spec: AgentConfig) -> Agent:
         """Create the agent's worktree and branch, and start it on its task."""
@@ -661,7 +746,7 @@ class Fleet:
             raise FleetError(
                 f"agent name {name!r}: {problem} (it becomes a branch): rename it, e.g. {suggest_name(name)!r}"
             )
-        if name in self.agents:
+        if name in self.agents and not _never_started(self.agents[name]):
             raise FleetError(f"an agent named {name!r} already exists in this fleet: pick another name")
         if not spec.task.strip():
             raise FleetError(f"agent {name!r} has no task: give it one")
@@ -671,11 +756,26 @@ class Fleet:
         worktree = self.worktree_dir / name
         branch = f"mc/{name}"
 
+        record = self._spawn_records / f"{name}.json"
+
         def create() -> tuple[str, bool]:
             commit = self.repo.resolve(base_ref)
             dirty = self.repo.current_branch() == base_ref and self.repo.is_dirty()
+            reuse = spec.reuse_branch and self.repo.branch_exists(branch)
+            if reuse:  # the diff and the merge start where the branch left the base
+                commit = self.repo.git("merge-base", commit, f"refs/heads/{branch}").strip()
             worktree.parent.mkdir(parents=True, exist_ok=True)
-            self.repo.add_worktree(worktree, branch, commit)
+            # On record before anything is made: a restart after a kill takes back what it finds.
+            data = {"branch": branch, "worktree": str(worktree), "base_commit": commit, "reuse": reuse}
+            record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write(record, json.dumps(data).encode())
+            fault_point("spawn-intent", name)
+            try:
+                self.repo.add_worktree(worktree, branch, commit, reuse=spec.reuse_branch)
+            except BaseException:
+                record.unlink(missing_ok=True)
+                raise
+            fault_point("spawn-created", name)
             return commit, dirty
 
         async with self._lock:
@@ -703,6 +803,7 @@ class Fleet:
                     base_commit=base_commit,
                 )
             )
+            record.unlink(missing_ok=True)
         if dirty:
             self.emit(
                 ev.ErrorEvent(
@@ -852,6 +953,8 @@ class Fleet:
             raise FleetError(f"{agent.name} is {agent.status}: interrupt it (or let it finish) before merging")
         if agent.status in ("merged", "discarded"):
             raise FleetError(f"{agent.name} is already {agent.status}")
+        if not agent.branch:
+            raise FleetError(f"{agent.name} failed before it had a branch: there is nothing to merge")
         mode = mode or self.config.repo.merge
         if mode not in ("ff", "merge", "squash"):
             raise FleetError(f"merge mode {mode!r}: use ff, merge or squash")
@@ -865,6 +968,12 @@ class Fleet:
         def work() -> tuple[str | None, MergeResult]:
             if not self.repo.branch_exists(agent.base_ref):
                 raise GitError(f"{agent.name} started from {agent.base_ref!r}, which is not a branch: merge it by hand")
+            if worktree.is_dir():
+                problems = self.repo.unkept_work(worktree)
+                if problems:  # the worktree goes once merged: what no commit holds would go with it
+                    raise GitError(
+                        f"merge of {agent.name} stopped, nothing changed: {'; '.join(problems)}; then merge again"
+                    )
             commit = self.repo.commit_all(worktree, msg) if worktree.is_dir() else None
             result = self.repo.merge(agent.branch, agent.base_ref, mode, msg)
             return commit, result
@@ -896,19 +1005,29 @@ class Fleet:
         agent = self.get(agent_id)
         if agent.status in ("merged", "discarded"):
             raise FleetError(f"{agent.name} is already {agent.status}")
+        worktree = Path(agent.worktree) if agent.worktree else None
+        if worktree is not None and worktree.is_dir():  # before the agent is stopped: a refusal changes nothing
+            try:
+                problems = await asyncio.to_thread(self.repo.unkept_work, worktree)
+            except GitError as exc:
+                raise FleetError(f"discard of {agent.name} stopped, nothing lost: {exc}") from None
+            if problems:
+                raise FleetError(
+                    f"discard of {agent.name} stopped, nothing lost: {'; '.join(problems)}; then discard again"
+                )
         if agent.id in self._runners:
             runner = self._runners.pop(agent.id)
             await runner.kill()
         await asyncio.to_thread(self._end_processes, agent)
         ref = f"refs/mc/snapshots/{agent.id}-{time.strftime('%Y%m%d-%H%M%S')}"
-        worktree = Path(agent.worktree)
 
         def work() -> str:
             message = f"missionctl snapshot of {agent.name} before discard"
-            if worktree.is_dir():
+            if worktree is not None and worktree.is_dir():
                 return self.repo.discard(worktree, agent.branch, ref, message)
             snap = ""
-            if self.repo.branch_exists(agent.branch):  # the worktree is gone already: keep the branch's work
+            # the worktree is gone already: keep the branch's work
+            if agent.branch and self.repo.branch_exists(agent.branch):
                 snap = self.repo.resolve(agent.branch)
                 self.repo.git("update-ref", ref, snap)
                 self.repo.delete_branch(agent.branch)
@@ -920,6 +1039,8 @@ class Fleet:
             try:
                 snap = await asyncio.to_thread(work)
             except GitError as exc:
+                if self.watcher is not None and worktree is not None and worktree.is_dir():
+                    self.watcher.add(agent.id, worktree)
                 raise FleetError(f"discard of {agent.name} stopped, nothing lost: {exc}") from None
             self._cancel_pending(agent, "the agent was discarded")
             self.emit(ev.Discarded(agent=agent.id, snapshot_ref=ref if snap else "", snapshot_commit=snap))
@@ -1132,3 +1253,8 @@ class Fleet:
             self._retry_soon()
         else:
             self._state_unsaved = False
+
+
+def _never_started(agent: Agent) -> bool:
+    """An agent that failed before it had a branch and a worktree (spawn_configured records it so)."""
+    return agent.status == "failed" and not agent.branch

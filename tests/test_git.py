@@ -113,8 +113,10 @@ def test_add_worktree_locks_it_and_refuses_reuse(repo: Repo) -> None:
     assert (path / "README.md").read_text() == "hello\n"
     info = {w.path: w for w in repo.worktrees()}[path]
     assert info.branch == "refs/heads/mc/a" and info.locked
-    with pytest.raises(GitError, match=r"branch mc/a already exists: pick another agent name or delete it"):
+    with pytest.raises(GitError, match=r"branch mc/a already exists and is checked out in .*/wt/a: pick another"):
         repo.add_worktree(repo.root.parent / "wt" / "other", "mc/a", repo.resolve("main"))
+    with pytest.raises(GitError, match=r"branch mc/a is checked out in .*/wt/a: a branch can be checked out in one"):
+        repo.add_worktree(repo.root.parent / "wt" / "other", "mc/a", repo.resolve("main"), reuse=True)
     busy = repo.root.parent / "wt" / "busy"
     busy.mkdir()
     (busy / "x").write_text("x")
@@ -130,6 +132,25 @@ def test_add_worktree_locks_it_and_refuses_reuse(repo: Repo) -> None:
     assert not path.exists() and repo.branch_exists("mc/a")
     repo.delete_branch("mc/a")
     assert not repo.branch_exists("mc/a")
+
+
+def test_add_worktree_reuses_an_existing_branch_when_asked(repo: Repo) -> None:
+    git(repo.root, "branch", "mc/mine")
+    (repo.root / "mine.txt").write_text("mine\n")
+    git(repo.root, "add", "mine.txt")
+    git(repo.root, "commit", "-q", "-m", "mine")
+    git(repo.root, "branch", "-f", "mc/mine", "HEAD")
+    tip = repo.resolve("mc/mine")
+    with pytest.raises(GitError, match=r"^branch mc/mine already exists: pick another agent name, or reuse"):
+        repo.add_worktree(repo.root.parent / "wt" / "mine", "mc/mine", repo.resolve("HEAD~1"))
+    path = repo.root.parent / "wt" / "mine"
+    repo.add_worktree(path, "mc/mine", repo.resolve("HEAD~1"), reuse=True)
+    assert (path / "mine.txt").read_text() == "mine\n" and repo.resolve("mc/mine") == tip
+    # what a spawn killed half-way leaves is taken back, but never a branch that has commits of its own
+    assert repo.remove_unstarted(path, "mc/mine", repo.resolve("HEAD~1")) == [
+        "branch mc/mine has commits of its own: kept"
+    ]
+    assert not path.exists() and repo.resolve("mc/mine") == tip
 
 
 def test_32_parallel_add_worktree_all_succeed(repo: Repo) -> None:
@@ -413,6 +434,15 @@ def test_snapshot_keeps_all_work_and_leaves_the_index_untouched(repo: Repo) -> N
     assert not list(index.parent.glob("mc-snapshot-*"))
     with pytest.raises(GitError, match="must be a full ref"):
         repo.snapshot(path, "snap", "x")
+
+
+def test_commit_all_takes_over_an_index_lock_left_by_a_killed_git(repo: Repo) -> None:
+    path = agent(repo, "a")
+    (path / "work.txt").write_text("w\n")
+    lock = Path(git(path, "rev-parse", "--absolute-git-dir").strip()) / "index.lock"
+    lock.write_bytes(b"")  # what `git add` leaves when it is killed: no git runs there any more
+    assert repo.commit_all(path, "agent work")
+    assert not lock.exists() and git(path, "show", "HEAD:work.txt") == "w\n"
 
 
 def test_commit_all_uses_missionctl_identity_without_user_config(tmp_path: Path) -> None:

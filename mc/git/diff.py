@@ -5,23 +5,31 @@ from `git diff BASE` with `GIT_OPTIONAL_LOCKS=0`, untracked files from `git ls-f
 --exclude-standard`, and the patch of an untracked file is written here, reading the file in chunks (the
 same text `git diff --no-index /dev/null FILE` prints, without a process per file and without loading a large
 file whole). The patch text is capped at `max_bytes`: git is stopped as soon as the cap is reached.
+
+Submodules are diffed inside, as `git diff --submodule=diff` shows them (plus their untracked files), with
+paths from the top of the worktree. A submodule that git cannot read (its `.git` points nowhere) and a
+submodule folder that is not checked out but holds files show those files as they are on disk: git sees
+nothing there, and a failing submodule never hides the rest of the diff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
 import os
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mc.events import FileStat
-from mc.git.cmd import read_git_capped, run_git
+from mc.git.cmd import GitError, read_git_capped, run_git, run_git_status
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,8 @@ _DIFF_OPTS = [
 _BINARY_SNIFF = 8000  # git decides "binary" from the first 8000 bytes (a NUL among them)
 _CHUNK = 1 << 20
 _MAX_PATHSPECS = 500
+_MAX_DEPTH = 4  # submodules inside submodules
+GITLINK = "160000"
 
 
 @dataclass(frozen=True)
@@ -60,15 +70,17 @@ class Diff:
         return line + " (diff truncated)" if self.truncated else line
 
 
-def _parse_raw_numstat(out: str) -> tuple[list[FileStat], list[str]]:
+def _parse_raw_numstat(out: str) -> tuple[list[FileStat], list[str], dict[str, str]]:
     """Parse `git diff -z --raw --numstat`: raw entries (status) first, then numstat entries (counts).
 
-    Returns the file stats and every path involved (the old side of a rename too)."""
+    Returns the file stats, every path involved (the old side of a rename too), and the status letter of
+    every submodule (gitlink) entry."""
     tokens = out.split("\0")
     involved: list[str] = []
     statuses: dict[str, str] = {}
     order: list[str] = []
     counts: dict[str, tuple[int, int, bool]] = {}
+    gitlinks: dict[str, str] = {}
     i = 0
     while i < len(tokens):
         token = tokens[i]
@@ -76,7 +88,10 @@ def _parse_raw_numstat(out: str) -> tuple[list[FileStat], list[str]]:
             i += 1
             continue
         if token.startswith(":"):
-            letter = token.split()[-1][:1]
+            fields = token[1:].split()
+            letter = fields[-1][:1]
+            if GITLINK in fields[:2]:
+                gitlinks[tokens[i + 1]] = letter
             if letter in ("R", "C"):
                 path = tokens[i + 2]
                 involved.append(tokens[i + 1])
@@ -101,7 +116,7 @@ def _parse_raw_numstat(out: str) -> tuple[list[FileStat], list[str]]:
     for path in order:
         added, removed, binary = counts.get(path, (0, 0, False))
         files.append(FileStat(path=path, added=added, removed=removed, status=statuses[path], binary=binary))
-    return files, involved
+    return files, involved, gitlinks
 
 
 def _quote(path: str) -> str:
@@ -129,11 +144,13 @@ def _fit(patch: bytes, budget: int) -> tuple[bytes, bool]:
     return (patch, False) if len(patch) <= budget else (b"", True)
 
 
-def _untracked_patch(root: Path, rel: str, budget: int) -> tuple[FileStat | None, bytes, bool]:
-    """The stat and the patch (at most `budget` bytes) of one untracked file. (None, …) when it vanished."""
+def _untracked_patch(root: Path, rel: str, budget: int, prefix: str = "") -> tuple[FileStat | None, bytes, bool]:
+    """The stat and the patch (at most `budget` bytes) of one untracked file at `root`/`rel`, named
+    `prefix` + `rel`. (None, …) when it vanished."""
+    full = root / rel
+    rel = prefix + rel
     if rel.endswith("/"):  # a nested repository: git shows the folder, never its files
         return FileStat(path=rel.rstrip("/"), status="?"), b"", False
-    full = root / rel
     try:
         st = os.lstat(full)
     except OSError:
@@ -182,39 +199,172 @@ def _cut_at_line(data: bytes) -> bytes:
 
 
 def compute_diff(worktree: Path, base_commit: str, *, max_bytes: int = 4_000_000) -> Diff:
-    """The changes in `worktree` against `base_commit`: committed, staged, unstaged and untracked (not ignored).
+    """The changes in `worktree` against `base_commit`: committed, staged, unstaged and untracked (not ignored),
+    inside submodules too.
 
     Blocking (run it in a thread). The text holds at most `max_bytes`; `truncated` says when it was cut; the
-    per-file stats are always complete.
+    per-file stats are always complete. Raises GitError when the worktree itself cannot be diffed.
     """
-    root = Path(worktree)
-    meta = run_git([*_DIFF_OPTS, "-z", "--raw", "--numstat", base_commit, "--"], root)
-    files, involved = _parse_raw_numstat(meta)
-    chunks: list[bytes] = []
-    truncated = False
-    budget = max_bytes
-    if files:
+    out = _Out(max_bytes)
+    _diff_into(out, Path(worktree), base_commit, "", 0)
+    text = b"".join(out.chunks).decode("utf-8", "replace")
+    added = sum(f.added for f in out.files)
+    removed = sum(f.removed for f in out.files)
+    return Diff(files=tuple(out.files), added=added, removed=removed, text=text, truncated=out.truncated)
+
+
+@dataclass
+class _Out:
+    """What compute_diff collects: stats, patch chunks and what is left of the text budget."""
+
+    budget: int
+    files: list[FileStat] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
+    truncated: bool = False
+
+    def add(self, patch: bytes) -> None:
+        if patch:
+            self.chunks.append(patch)
+            self.budget -= len(patch)
+
+    def note(self, line: str) -> None:
+        """A line of explanation in the text (kept only when it fits)."""
+        data = line.encode("utf-8", "surrogateescape") + b"\n"
+        if not self.truncated and len(data) <= self.budget:
+            self.add(data)
+
+    def untracked(self, root: Path, rel: str, prefix: str) -> None:
+        fstat, patch, cut = _untracked_patch(root, rel, max(self.budget, 0) if not self.truncated else 0, prefix)
+        if fstat is None:
+            return
+        self.files.append(fstat)
+        self.add(patch)
+        self.truncated = self.truncated or cut
+
+
+def _diff_into(out: _Out, root: Path, base: str, prefix: str, depth: int) -> None:
+    """Add the changes of the repository at `root` against `base` to `out`, every path named `prefix` + path."""
+    opts = [*_DIFF_OPTS, f"--src-prefix=a/{prefix}", f"--dst-prefix=b/{prefix}"]
+    # Submodules are diffed inside below; here git only says which moved (`dirty` never runs git in them, so a
+    # submodule git cannot read does not fail the whole diff).
+    meta = run_git([*opts, "--ignore-submodules=dirty", "-z", "--raw", "--numstat", base, "--"], root)
+    files, involved, moved = _parse_raw_numstat(meta)
+    files = [f for f in files if f.path not in moved or moved[f.path] == "D"]
+    involved = [p for p in involved if p not in moved]
+    for f in files:
+        out.files.append(dataclasses.replace(f, path=prefix + f.path) if prefix else f)
+    if involved:
         # Naming the changed paths spares git a second stat of every file in a large tree.
         limit = [f":(literal){p}" for p in involved] if len(involved) <= _MAX_PATHSPECS else []
-        patch, truncated = read_git_capped([*_DIFF_OPTS, base_commit, "--", *limit], root, max_bytes)
-        if truncated:
+        args = [*opts, "--ignore-submodules=all", base, "--", *limit]
+        patch, cut = read_git_capped(args, root, max(out.budget, 0)) if not out.truncated else (b"", True)
+        if cut:
             patch = _cut_at_line(patch)
-        chunks.append(patch)
-        budget -= len(patch)
+        out.add(patch)
+        out.truncated = out.truncated or cut
     others = run_git(["ls-files", "-z", "--others", "--exclude-standard"], root)
     for rel in sorted(p for p in others.split("\0") if p):
-        fstat, patch, cut = _untracked_patch(root, rel, max(budget, 0) if not truncated else 0)
-        if fstat is None:
-            continue
-        files.append(fstat)
-        if patch:
-            chunks.append(patch)
-            budget -= len(patch)
-        truncated = truncated or cut
-    text = b"".join(chunks).decode("utf-8", "replace")
-    added = sum(f.added for f in files)
-    removed = sum(f.removed for f in files)
-    return Diff(files=tuple(files), added=added, removed=removed, text=text, truncated=truncated)
+        out.untracked(root, rel, prefix)
+    links = dict(base_gitlinks(root, base))
+    links.update({p: "" for p, letter in moved.items() if letter != "D" and p not in links})
+    for path in sorted(links):
+        _submodule_into(out, root, path, links[path], prefix, depth)
+
+
+def _submodule_into(out: _Out, root: Path, path: str, commit: str, prefix: str, depth: int) -> None:
+    """The changes inside the submodule at `root`/`path` against `commit` (its commit in the base; "" when the
+    agent added it), or the files in its folder when git cannot read it or it is not checked out."""
+    folder = root / path
+    shown = prefix + path
+    if not folder.is_dir() or folder.is_symlink() or depth >= _MAX_DEPTH:
+        return
+    reason = ""
+    if os.path.lexists(folder / ".git"):
+        code, top, err = git_status_in(["rev-parse", "--show-toplevel"], folder)
+        if code == 0 and Path(top.strip()) == folder.resolve():
+            inside = _Out(out.budget, truncated=out.truncated)
+            try:
+                _diff_into(inside, folder, commit or _empty_tree(folder), shown + "/", depth + 1)
+            except GitError as exc:
+                reason = str(exc)
+            else:
+                out.files += inside.files
+                out.chunks += inside.chunks
+                out.budget, out.truncated = inside.budget, inside.truncated
+                return
+        else:
+            reason = err
+        note = f"Submodule {shown}: git cannot read it ({reason}); the files in its folder, as they are on disk:"
+    else:
+        note = f"Submodule {shown} is not checked out; files in its folder, which git does not see:"
+    hidden = hidden_files(folder)
+    if hidden:
+        out.note(note)
+        for rel in hidden:
+            out.untracked(folder, rel, shown + "/")
+
+
+def git_status_in(args: list[str], folder: Path) -> tuple[int, str, str]:
+    """`run_git_status` in a folder that may not be a readable repository (a submodule the agent broke): a
+    failure to run git there at all is a status too, never an exception."""
+    try:
+        return run_git_status(args, folder)
+    except GitError as exc:
+        return 128, "", str(exc)
+
+
+def hidden_files(folder: Path) -> list[str]:
+    """Every file under `folder` (its `.git` aside), relative and sorted: what sits in a submodule folder that
+    git cannot read or that is not checked out."""
+    found: list[str] = []
+    for top, dirs, names in os.walk(folder):
+        rel_top = os.path.relpath(top, folder)
+        rel_top = "" if rel_top == "." else rel_top + "/"
+        if not rel_top:
+            dirs[:] = [d for d in dirs if d != ".git"]
+            names = [n for n in names if n != ".git"]
+        for d in dirs:
+            if os.path.islink(os.path.join(top, d)):
+                found.append(rel_top + d)
+        found.extend(rel_top + n for n in names)
+    return sorted(found)
+
+
+_GITLINKS: OrderedDict[str, tuple[tuple[str, str], ...]] = OrderedDict()
+_GITLINKS_LOCK = threading.Lock()
+
+
+def base_gitlinks(root: Path, commit: str) -> tuple[tuple[str, str], ...]:
+    """(path, commit) of every submodule in the tree of `commit`. A commit never changes: the answer is kept
+    (one `ls-tree` per base, not per diff)."""
+    with _GITLINKS_LOCK:
+        if commit in _GITLINKS:
+            _GITLINKS.move_to_end(commit)
+            return _GITLINKS[commit]
+    out = run_git(["ls-tree", "-r", "-z", "--full-tree", commit], root)
+    links: list[tuple[str, str]] = []
+    for entry in out.split("\0"):
+        if entry.startswith(GITLINK + " "):
+            info, _, path = entry.partition("\t")
+            links.append((path, info.split()[2]))
+    result = tuple(links)
+    with _GITLINKS_LOCK:
+        _GITLINKS[commit] = result
+        while len(_GITLINKS) > 256:
+            _GITLINKS.popitem(last=False)
+    return result
+
+
+@functools.lru_cache(maxsize=4)
+def _empty_tree_of(object_format: str) -> str:
+    return {"sha256": "6ef19b41225c5369f1c104d45d8d85efa9b057b53b14b4b9b939dd74decc5321"}.get(
+        object_format, "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+    )
+
+
+def _empty_tree(root: Path) -> str:
+    code, out, _ = run_git_status(["rev-parse", "--show-object-format"], root)
+    return _empty_tree_of(out.strip() if code == 0 else "sha1")
 
 
 OnDiff = Callable[[str, Diff], "Awaitable[None] | None"]
