@@ -381,3 +381,40 @@ def test_doctor_says_which_sandbox_is_in_force(repo: Path, scripted: Any, tmp_pa
     if ok:
         present = doctor("default", os.environ["PATH"])
         assert present.startswith('ok    sandbox: bwrap ([tools] sandbox = "auto")') and why in present, present
+
+
+# ------------------------------------------------------------------------------ allow_commands cannot see inside
+
+CONFTEST = "import pathlib\npathlib.Path('ran-without-approval.txt').write_text('conftest.py ran\\n')\n"
+
+
+async def test_an_allowed_command_runs_what_the_agent_wrote_and_the_log_says_so(
+    repo: Path, scripted: Any, fleet_factory: Any
+) -> None:
+    """The report: with policy "commands" and allow_commands = ["python -m pytest"] the agent writes conftest.py
+    and runs the allowed command: its code runs with no approval. No allow-list can see what a command runs
+    (documented); the log names the files the agent wrote this turn when an allowed command runs after them."""
+    turns = [
+        shell_turn("python -m pytest --version"),  # allowed, nothing written yet: no warning
+        {"say": "Writing.", "tool": "write_file", "args": {"path": "conftest.py", "content": CONFTEST}},
+        shell_turn("python -m pytest -q -p no:cacheprovider"),
+        {"say": "Done."},
+    ]
+    server = scripted({"agents": [{"name": "sly", "turns": turns}]})
+    cfg = fleet_config(repo, server, [AgentConfig(name="sly", task="test", model="sly", policy="commands")])
+    cfg.policy.allow_commands = ["python -m pytest"]
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    assert await fleet.wait_settled(60)
+    agent = fleet.get("sly")
+    assert agent.status == "idle", agent.error
+    logged = list(fleet.store.iter_events("sly"))
+    assert not [e for e in logged if isinstance(e, ev.ApprovalRequested)]  # nothing was asked
+    assert (Path(agent.worktree) / "ran-without-approval.txt").exists()  # and the agent's code ran
+    warnings = [e.message for e in logged if isinstance(e, ev.ErrorEvent)]
+    assert len(warnings) == 1, warnings
+    assert "`python -m pytest -q -p no:cacheprovider` runs without asking" in warnings[0]
+    assert "allow_commands" in warnings[0] and "conftest.py this turn" in warnings[0]
+    calls = [e for e in logged if isinstance(e, (ev.ToolCall, ev.ErrorEvent))]
+    assert isinstance(calls[2], ev.ToolCall) and isinstance(calls[3], ev.ErrorEvent)  # shown before it runs
+    assert any(text == f"! {warnings[0]}" for _, text in agent.log.lines)

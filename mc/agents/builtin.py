@@ -31,8 +31,18 @@ from mc.agents.base import (
     denied_text,
     needs_approval,
 )
-from mc.tools import TOOLS, Refusal, Workspace, command_key, openai_tools, preview, run_tool, safe_env
-from mc.tools.run import sandbox_notice
+from mc.tools import (
+    TOOLS,
+    Refusal,
+    Workspace,
+    allowed_by_prefix,
+    command_key,
+    openai_tools,
+    preview,
+    run_tool,
+    safe_env,
+)
+from mc.tools.run import sandbox_notice, unasked_note
 
 SYSTEM_PROMPT = """\
 You are a careful software engineer working on a task in a git worktree at {worktree}.
@@ -227,6 +237,7 @@ class BuiltinRunner(Runner):
 
     # -- the loop ----------------------------------------------------------------------------------
     def _spawn_turn(self, after_restart: bool = False, quiet: bool = False) -> None:
+        self.ws.forget_written()
         if not quiet:
             self.ctx.status("running")
         self._task = asyncio.get_running_loop().create_task(self._turn(after_restart))
@@ -375,6 +386,11 @@ class BuiltinRunner(Runner):
             if decision == "deny":
                 self._answer(call, denied_text(reason), ok=False)
                 return
+        elif kind == "command":
+            allowed = policy == "commands" and allowed_by_prefix(command, ctx.config.policy.allow_commands)
+            note = unasked_note(command, self.ws, allowed=allowed, remembered=key in ctx.agent.remembered)
+            if note:
+                ctx.emit(ev.ErrorEvent(agent=ctx.agent_id, message=note))
         await self._run(call, name, args)
 
     async def _run(self, call: dict[str, str], name: str, args: dict[str, Any]) -> None:

@@ -72,6 +72,21 @@ def sandbox_notice(config: Any) -> str | None:
     return "no sandbox: " + why
 
 
+def unasked_note(command: str, ws: Workspace, *, allowed: bool, remembered: bool) -> str | None:
+    """The warning for a command that runs without asking (`allowed` by allow_commands, or approved-all earlier)
+    while files the agent wrote this turn exist: a command's name says nothing of what it runs (`pytest` runs
+    the conftest.py the agent just wrote). None when nothing was written, or the command was asked about."""
+    files = ws.written_files()
+    if not files or not (allowed or remembered):
+        return None
+    why = "it is in [policy] allow_commands" if allowed else "you approved all like it"
+    shown = ", ".join(files[:8]) + (f" and {len(files) - 8} more" if len(files) > 8 else "")
+    return (
+        f"`{command[:200]}` runs without asking ({why}) after this agent wrote {shown} this turn: "
+        "an allowed command runs whatever those files make it run (pytest runs conftest.py), so that code was not approved"
+    )
+
+
 @dataclass(frozen=True)
 class ToolOutcome:
     ok: bool
@@ -450,6 +465,7 @@ async def _apply_patch(args: dict[str, Any], ws: Workspace, env: dict[str, str],
     if rc != 0:
         detail = (err or out).strip() or f"git apply exited with {rc}"
         return ToolOutcome(False, f"the patch does not apply (nothing was changed):\n{detail}", rc)
+    ws.written.update(ws.relative(ws.resolve(path)) for path in files.paths)
     parts = []
     for path in files.paths:
         label = " (created)" if path in files.created else " (deleted)" if path in files.deleted else ""

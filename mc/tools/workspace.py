@@ -80,6 +80,16 @@ class Workspace:
         if not os.path.isdir(real):
             raise ValueError(f"worktree {root} is not a folder: create it or give the right path")
         self.root = Path(real)
+        self.written: set[str] = set()
+        """Paths (relative to the root) the tools wrote or patched since `forget_written`: the current turn."""
+
+    def forget_written(self) -> None:
+        """Start a new turn: nothing written yet."""
+        self.written.clear()
+
+    def written_files(self) -> list[str]:
+        """The files written this turn that are still there, sorted."""
+        return sorted(p for p in self.written if os.path.lexists(self.root / p))
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -151,4 +161,5 @@ class Workspace:
         fd = self.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, for_write=True)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        self.written.add(self.relative(real))
         return real

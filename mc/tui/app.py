@@ -480,7 +480,10 @@ class MissionControl(App[int]):
 
 HELP_TEXT = {
     "approve": "approve the pending call of this agent",
-    "approve_all": "approve it, and calls of the same kind for the rest of this agent's run",
+    "approve_all": (
+        "approve it, and calls of the same kind for the rest of this agent's run; such a command (like one in "
+        "allow_commands) runs what the agent wrote too: pytest runs its conftest.py"
+    ),
     "deny": "deny the pending call (with an optional reason the model sees)",
     "redirect": "give the agent a new instruction (stops the current turn)",
     "interrupt": "interrupt this agent; on an interrupted or failed agent: resume it",
