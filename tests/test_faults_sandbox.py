@@ -249,6 +249,8 @@ def isolation_probes(host: Host) -> dict[str, str]:
         "connect to a host Unix socket": f'{sys.executable} -c "{connect}"',
         "see host shared memory": f"ipcs -m -i {host.shmid or 0}; true",
         "read a host file": f"cat {host.private}; true",
+        "write the git dir or .git": 'echo "[core]" >> "$(git rev-parse --git-common-dir)/config" && echo wrote-git-dir; '
+        'echo "gitdir: /tmp" > .git && echo wrote-dot-git; true',
         "share the host's namespaces": "for n in "
         + " ".join(NAMESPACES)
         + "; do echo ns-$n=$(readlink /proc/self/ns/$n); done",
@@ -271,7 +273,7 @@ async def test_bwrap_isolates_processes_ipc_sockets_and_host_files(
     results = [e for e in fleet.store.iter_events("box") if isinstance(e, ev.ToolResult)]
     out = dict(zip([*probes, "work"], (r.output for r in results), strict=True))
     print(f"{len(probes)} isolation attacks tried; {out['see host processes'].splitlines()[-1]} in the sandbox")
-    assert len(probes) == 8
+    assert len(probes) == 9
     assert MARKER not in out["see host processes"]
     assert "stopped-host" not in out["stop a host process"] and not host.stopped()
     assert "can-signal" not in out["signal its own missionctl"]
@@ -282,6 +284,7 @@ async def test_bwrap_isolates_processes_ipc_sockets_and_host_files(
     assert "unix-connected" not in out["connect to a host Unix socket"] and host.accepted == 0
     assert "Segment shmid" not in out["see host shared memory"]
     assert "host private text" not in out["read a host file"]
+    assert "wrote-" not in out["write the git dir or .git"] and out["write the git dir or .git"].count("Read-only") == 2
     for name in NAMESPACES:
         assert f"ns-{name}={os.readlink(f'/proc/self/ns/{name}')}" not in out["share the host's namespaces"], name
     assert "python runs" in out["work"] and out["work"].rstrip().endswith("tmp"), out["work"]
@@ -418,3 +421,32 @@ async def test_an_allowed_command_runs_what_the_agent_wrote_and_the_log_says_so(
     calls = [e for e in logged if isinstance(e, (ev.ToolCall, ev.ErrorEvent))]
     assert isinstance(calls[2], ev.ToolCall) and isinstance(calls[3], ev.ErrorEvent)  # shown before it runs
     assert any(text == f"! {warnings[0]}" for _, text in agent.log.lines)
+
+
+async def test_in_the_sandbox_background_and_setsid_processes_end_with_the_command(
+    repo: Path, scripted: Any, fleet_factory: Any
+) -> None:
+    """Its own process namespace: whatever a command leaves running (a setsid daemon, a double fork) ends when
+    the command ends, and nothing of it is left to find on the host."""
+    needs_bwrap()
+    from mc import procs
+
+    nap = "sleep 317.0419"  # an odd length: no other process on the machine has this command line
+    command = f"setsid {nap} & ({nap} &) & nohup {nap} >/dev/null 2>&1 & echo started"
+    server = scripted({"agents": [{"name": "bg", "turns": [shell_turn(command), {"say": "Ok."}]}]})
+    cfg = fleet_config(repo, server, [AgentConfig(name="bg", task="try", model="bg", policy="never")])
+    cfg.tools.sandbox = "bwrap"
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    assert await fleet.wait_settled(30)
+    result = next(e for e in fleet.store.iter_events("bg") if isinstance(e, ev.ToolResult))
+    assert result.ok and result.output.startswith("started")
+    assert procs.find_tagged(fleet._tag("bg")) == []
+    left = []
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and Path(f"/proc/{name}/cmdline").read_bytes() == nap.replace(" ", "\0").encode() + b"\0":
+                left.append(name)
+        except OSError:
+            continue
+    assert left == []  # found by their command line, not by a tag the sandbox could have dropped

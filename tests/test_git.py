@@ -618,3 +618,62 @@ def test_diff_of_many_changed_files_and_odd_names(tmp_path: Path) -> None:
     small = compute_diff(path, base)
     assert [f.path for f in small.files][:10] == [f"m/f{i}.txt" for i in sorted(range(10), key=str)]
     assert small.text.count("diff --git ") == 12 and "odd" in small.text
+
+
+# -- mission control's own git in an agent's worktree ----------------------------------------------------------
+
+
+def _logging_script(folder: Path, name: str, log: Path) -> str:
+    path = folder / name
+    path.write_text(f"#!/bin/sh\necho {name} >> {log}\ncat\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_filter_defined_after_the_first_diff_is_switched_off_too(repo: Repo, tmp_path: Path) -> None:
+    """The filter names are cached per worktree, keyed by the config files: a change is seen at the next call."""
+    log = tmp_path / "ran.log"
+    path = agent(repo, "a")
+    base = repo.resolve("main")
+    (path / ".gitattributes").write_text("*.txt filter=late\n")
+    (path / "notes.txt").write_text("one\n")
+    assert "notes.txt" in {f.path for f in compute_diff(path, base).files}
+    git(path, "config", "extensions.worktreeConfig", "true")
+    git(path, "config", "--worktree", "filter.late.clean", _logging_script(tmp_path, "late-clean", log))
+    git(path, "config", "--worktree", "filter.late.required", "true")
+    git(repo.root, "config", "filter.common.clean", _logging_script(tmp_path, "common-clean", log))
+    (path / "more.txt").write_text("two\n")
+    (path / ".gitattributes").write_text("*.txt filter=late\nmore.txt filter=common\n")
+    assert repo.commit_all(path, "work")
+    assert not log.exists()
+    assert git(path, "show", "HEAD:notes.txt") == "one\n"
+
+
+def test_the_main_working_tree_keeps_the_users_own_git_config(repo: Repo, tmp_path: Path) -> None:
+    """Only agents' worktrees are confined: in the user's working tree, the user's hooks run as they always do."""
+    log = tmp_path / "ran.log"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    _logging_script(hooks, "reference-transaction", log)
+    git(repo.root, "config", "core.hooksPath", str(hooks))
+    path = agent(repo, "a")
+    assert log.read_text().split().count("reference-transaction") >= 1  # the branch mc/a was made in the main repo
+    log.unlink()
+    (path / "x.txt").write_text("x\n")
+    repo.commit_all(path, "agent work")  # in the agent's worktree: no hook
+    assert not log.exists()
+    run_git(["update-ref", "refs/heads/kept", "HEAD"], repo.root)  # in the user's working tree: the hook runs
+    assert "reference-transaction" in log.read_text()
+
+
+def test_inherited_command_scope_config_is_kept_and_ours_comes_after(
+    repo: Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "user.inherited")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "yes")
+    path = agent(repo, "a")
+    listed = run_git(["config", "--list", "--show-scope"], path)
+    assert "command\tuser.inherited=yes" in listed
+    assert "command\tgc.autodetach=false" in listed and "command\tcore.fsmonitor=false" in listed
+    assert listed.index("user.inherited") < listed.index("core.fsmonitor")
