@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mc import events as ev
+from mc.cost import AGENT_BUDGET, BUDGET_KIND, FLEET_BUDGET, budget_level
 
 #: Lines of log kept in memory per agent (the whole log stays on disk).
 LOG_RING = 5000
@@ -123,6 +124,18 @@ class Agent:
     error: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
+    usage_reported: bool = False
+    """Whether the runner ever reported token usage; while False the token counts are unknown (not zero)."""
+    group: str = ""
+    """Agents with the same group (copies of one task) are totalled together (mc/cost.py)."""
+    budget_tokens: int = 0
+    """The token budget it was given (0: none); `mc.cost.agent_budget` is what it is now."""
+    budget_cost: float = 0.0
+    """The cost budget it was given (0: none)."""
+    budget_raises: int = 0
+    """How many times an approved budget question raised its own budget."""
+    fleet_budget_raises: int = 0
+    """The fleet budget's level its approved fleet budget questions raised it to (the fleet's is the highest)."""
     files_changed: int = 0
     lines_added: int = 0
     lines_removed: int = 0
@@ -159,6 +172,16 @@ class Agent:
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+    def _raise_budget(self, req: ev.ApprovalRequested) -> None:
+        """An approved budget question raises its budget to the level after the one it was asked at."""
+        level = budget_level(req.tool, req.approval_id)
+        if level is None:
+            return
+        if req.tool == AGENT_BUDGET:
+            self.budget_raises = max(self.budget_raises, level + 1)
+        elif req.tool == FLEET_BUDGET:
+            self.fleet_budget_raises = max(self.fleet_budget_raises, level + 1)
 
     def oldest_pending(self) -> ev.ApprovalRequested | None:
         if not self.pending:
@@ -197,6 +220,7 @@ class Agent:
                 self.name, self.task, self.runner = event.name, event.task, event.runner
                 self.model, self.policy, self.branch = event.model, event.policy, event.branch
                 self.worktree, self.base_ref, self.base_commit = event.worktree, event.base_ref, event.base_commit
+                self.group, self.budget_tokens, self.budget_cost = event.group, event.budget_tokens, event.budget_cost
                 self.created = event.ts
                 self.status_since = event.ts
                 log.add("info", f"agent {event.name} ({event.runner}) on {event.branch or 'no branch'}")
@@ -257,6 +281,8 @@ class Agent:
                 req = self.pending.pop(event.approval_id, None)
                 if event.decision == "approve_all" and req is not None and req.remember_key:
                     self.remembered.add(req.remember_key)
+                if req is not None and req.kind == BUDGET_KIND and event.decision != "deny":
+                    self._raise_budget(req)
                 word = {"approve": "approved", "approve_all": "approved (and the same for the rest of the run)"}
                 text = word.get(event.decision, "denied")
                 if event.reason:
@@ -265,6 +291,7 @@ class Agent:
             case ev.Refused():
                 log.add("err", f"  refused: {event.reason}")
             case ev.Usage():
+                self.usage_reported = True
                 self.input_tokens += event.input_tokens
                 self.output_tokens += event.output_tokens
             case ev.ErrorEvent():

@@ -106,6 +106,9 @@ class AgentCreated(Event):
     worktree: str = ""
     base_ref: str = ""
     base_commit: str = ""
+    group: str = ""
+    budget_tokens: int = 0
+    budget_cost: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)

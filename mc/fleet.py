@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from mc import cost, procs
 from mc import events as ev
-from mc import procs
 from mc.agent import Agent, AgentLog, LogLine
 from mc.agents import make_runner
 from mc.agents.base import Runner, RunnerContext, RunnerError
@@ -208,6 +208,9 @@ class Fleet:
                 policy=agent.policy,
                 command=str(meta.get("command", "")),
                 base=agent.base_ref,
+                group=agent.group,
+                budget_tokens=agent.budget_tokens,
+                budget_cost=agent.budget_cost,
             )
 
     def _load_agent(self, agent_id: str) -> Agent | None:
@@ -639,6 +642,10 @@ class Fleet:
                     "added": int(meta.get("added", 0)),
                     "removed": int(meta.get("removed", 0)),
                     "tokens": int(meta.get("input_tokens", 0)) + int(meta.get("output_tokens", 0)),
+                    "input_tokens": int(meta.get("input_tokens", 0)),
+                    "output_tokens": int(meta.get("output_tokens", 0)),
+                    "cost": self._cost_of(meta),
+                    "group": str(meta.get("group", "")),
                     "pending": int(meta.get("pending", 0)),
                     "task": str(meta.get("task", "")),
                     "flags": [dict(f) for f in meta.get("flags", []) if isinstance(f, dict)],
@@ -668,8 +675,19 @@ class Fleet:
             "removed": agent.lines_removed,
             "input_tokens": agent.input_tokens,
             "output_tokens": agent.output_tokens,
+            "usage_reported": agent.usage_reported,
+            "model": agent.model,
+            "group": agent.group,
             "flags": [dataclasses.asdict(f) for f in agent.flags],
         }
+
+    def _cost_of(self, meta: dict[str, Any]) -> float | None:
+        """The cost of an agent's tokens as state.toml has them, at the config's price of its model (None when
+        there is no price, or its runner never reported usage)."""
+        tokens_in, tokens_out = int(meta.get("input_tokens", 0)), int(meta.get("output_tokens", 0))
+        if not meta.get("usage_reported", bool(tokens_in or tokens_out)):
+            return None
+        return cost.cost_of(self.config, str(meta.get("model", "")), tokens_in, tokens_out)
 
     def diff(self, agent_id: str) -> Diff | None:
         return self.diffs.get(agent_id)
@@ -731,6 +749,9 @@ class Fleet:
                 model=spec.model,
                 policy=spec.policy or self.config.policy.approve,
                 base_ref=spec.base or self.base_branch,
+                group=spec.group,
+                budget_tokens=spec.budget_tokens,
+                budget_cost=spec.budget_cost,
             )
         )
         self.emit(ev.ErrorEvent(agent=spec.name, message=reason, fatal=True))
@@ -801,6 +822,9 @@ class Fleet:
                     worktree=str(worktree),
                     base_ref=base_ref,
                     base_commit=base_commit,
+                    group=spec.group,
+                    budget_tokens=spec.budget_tokens,
+                    budget_cost=spec.budget_cost,
                 )
             )
             record.unlink(missing_ok=True)
@@ -837,6 +861,7 @@ class Fleet:
                 worktree=Path(agent.worktree),
                 emit=self._runner_emit,
                 tag=self._tag(agent_id),
+                over_budget=lambda: cost.over_budget(self.agents[agent_id], self.agents.values(), self.config),
             )
             try:
                 runner = make_runner(agent.runner, ctx)
@@ -858,9 +883,20 @@ class Fleet:
         req = self._pending(agent, approval_id)
         await self._runners_loaded()
         runner = self._runner(agent.id)
-        decision = "approve_all" if remember else "approve"
+        budget = req.kind == cost.BUDGET_KIND
+        decision = "approve_all" if remember and not budget else "approve"  # a budget goes up once, whatever the key
         self.emit(ev.ApprovalResolved(agent=agent.id, approval_id=req.approval_id, decision=decision))
         await self._resolve(runner, agent, req, decision, "")
+        if budget and req.tool == cost.FLEET_BUDGET:  # the fleet's budget is raised for every agent waiting on it
+            for other in self.agents.values():
+                same = other.pending.get(req.approval_id)
+                if other is agent or same is None or same.tool != cost.FLEET_BUDGET:
+                    continue
+                reason = f"the fleet budget was raised (approved for {agent.name})"
+                self.emit(
+                    ev.ApprovalResolved(agent=other.id, approval_id=req.approval_id, decision="approve", reason=reason)
+                )
+                await self._resolve(self._runner(other.id), other, same, "approve", reason)
 
     async def deny(self, agent_id: str, approval_id: str | None = None, reason: str = "") -> None:
         """Refuse a waiting call; the model receives the refusal and the reason."""
@@ -1242,6 +1278,8 @@ class Fleet:
                 "removed": agent.lines_removed,
                 "input_tokens": agent.input_tokens,
                 "output_tokens": agent.output_tokens,
+                "usage_reported": agent.usage_reported,
+                "group": agent.group,
                 "pending": len(agent.pending),
                 "flags": [dataclasses.asdict(f) for f in agent.flags],
             }

@@ -11,6 +11,7 @@ from typing import Any
 from mc import events as ev
 from mc.agent import Agent
 from mc.config import AgentConfig, Config
+from mc.cost import BUDGET_KIND, Overrun
 from mc.tools import allowed_by_prefix, command_key
 
 #: The result of a call the engineer denied (the model reads it, or the log shows it); see `denied_text`.
@@ -72,6 +73,9 @@ class RunnerContext:
     tag: str
     """Every process the runner starts carries MC_PROC_TAG=<tag>, so a kill can find them all."""
     extra: dict[str, Any] = field(default_factory=dict)
+    over_budget: Callable[[], Overrun | None] = lambda: None
+    """The budget (the agent's own or the fleet's) the agent has reached, or None: asked before each model call
+    (the Fleet's `mc.cost.over_budget` over all its agents)."""
 
     @property
     def agent_id(self) -> str:
@@ -128,11 +132,12 @@ class Runner(abc.ABC):
         if question is None:
             raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
         if decision == "deny":
-            self._not_run[question.call_id] = denied_text(reason)
+            if question.call_id:  # a budget question has no call whose result would say so
+                self._not_run[question.call_id] = denied_text(reason)
             await self.answer(question, "deny", reason)
         else:
             await self.answer(question, "approve", "")
-        if decision == "approve_all":
+        if decision == "approve_all" and question.key:
             for other in [q for q in self.questions.values() if q.key == question.key]:
                 del self.questions[other.approval_id]
                 self.ctx.emit(
@@ -173,6 +178,17 @@ class Runner(abc.ABC):
         self.ctx.status("waiting", f"{kind}: {summary}"[:200])
         return False
 
+    def ask_budget(self, overrun: Overrun, handle: Any = None) -> None:
+        """The agent reached a budget before a model call: ask the engineer, through `ask`, like any approval.
+        Approving raises the budget once by its own amount; denying ends the turn; kill ends the agent. A question
+        asked before a restart is pending still: it waits again, unasked."""
+        if overrun.approval_id in self.ctx.agent.pending:
+            if self.ctx.agent.status != "waiting":
+                self.ctx.status("waiting", f"{BUDGET_KIND}: {overrun.summary}"[:200])
+            return
+        question = Question(approval_id=overrun.approval_id, call_id="", key="", handle=handle)
+        self.ask(question, tool=overrun.scope, kind=BUDGET_KIND, summary=overrun.summary, detail=overrun.detail)
+
     async def answer(self, question: Question, decision: str, reason: str) -> None:
         """Tell the agent a decision in its protocol: "approve" (this once), "deny" (with the engineer's
         reason, which the model must get to read) or "cancel" (the turn stops). Runners that `ask` define it."""
@@ -183,7 +199,8 @@ class Runner(abc.ABC):
         their calls never ran, and their results say `why`."""
         questions, self.questions = self.questions, {}
         for question in questions.values():
-            self._not_run[question.call_id] = why
+            if question.call_id:
+                self._not_run[question.call_id] = why
             await self.answer(question, decision, why)
 
     def not_run(self, call_id: str) -> str | None:

@@ -31,6 +31,7 @@ from mc.agents.base import (
     denied_text,
     needs_approval,
 )
+from mc.cost import BUDGET_KIND
 from mc.tools import (
     TOOLS,
     Refusal,
@@ -202,6 +203,7 @@ class BuiltinRunner(Runner):
         if fut is None or fut.done():
             raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
         fut.set_result((decision, reason))
+        self.questions.pop(approval_id, None)
         if not self.ctx.agent.pending:
             self.ctx.status("running")  # at once, so that nobody sees the agent settled in between
 
@@ -267,6 +269,7 @@ class BuiltinRunner(Runner):
                 )
                 self._key_missing = False
             first = True
+            ended = "turn done"
             while True:
                 calls = outstanding_calls(ctx.agent.conversation)
                 if calls:
@@ -283,6 +286,9 @@ class BuiltinRunner(Runner):
                 last = ctx.agent.conversation[-1] if ctx.agent.conversation else None
                 if last is None or last.get("role") == "assistant":
                     break
+                if not await self._within_budget():
+                    ended = "stopped at its budget: redirect it to go on"
+                    break
                 if ctx.agent.status != "running":
                     ctx.status("running")
                 reply = await self._call_model()
@@ -290,7 +296,7 @@ class BuiltinRunner(Runner):
                 self._add_history({"role": "assistant", "content": reply.text, "calls": reply.calls})
                 if not reply.calls:
                     break
-            ctx.status("idle", "turn done")
+            ctx.status("idle", ended)
         except asyncio.CancelledError:
             if not self._detaching:  # closing: leave the conversation for the next start
                 partly, not_run = self._cancel_reason
@@ -309,6 +315,40 @@ class BuiltinRunner(Runner):
             message = f"{type(exc).__name__}: {exc}"
             ctx.emit(ev.ErrorEvent(agent=ctx.agent_id, message=message, fatal=True))
             ctx.status("failed", message)
+
+    async def _within_budget(self) -> bool:
+        """Before a model call: True when no budget is reached, or once the engineer raised the one that is (the
+        budget is checked again: one call may have used more than a raise); False when they denied it."""
+        ctx = self.ctx
+        while True:
+            overrun = ctx.over_budget()
+            current = overrun.approval_id if overrun is not None else None
+            for stale in [p for p in ctx.agent.pending.values() if p.kind == BUDGET_KIND and p.approval_id != current]:
+                # asked before a restart, of a budget that is not reached any more (the config changed)
+                fut = self._approvals.pop(stale.approval_id, None)
+                if fut is not None and not fut.done():
+                    fut.cancel()
+                self.questions.pop(stale.approval_id, None)
+                ctx.emit(
+                    ev.ApprovalResolved(
+                        agent=ctx.agent_id,
+                        approval_id=stale.approval_id,
+                        decision="deny",
+                        reason="not reached any more",
+                    )
+                )
+            if overrun is None:
+                return True
+            fut = self._approvals.get(overrun.approval_id)
+            if fut is None:
+                fut = self._approvals[overrun.approval_id] = asyncio.get_running_loop().create_future()
+            self.ask_budget(overrun)
+            try:
+                decision, _ = await fut
+            finally:
+                self._approvals.pop(overrun.approval_id, None)
+            if decision == "deny":
+                return False
 
     def _answer(self, call: dict[str, str], output: str, ok: bool, exit_code: int | None = None) -> None:
         ctx = self.ctx
