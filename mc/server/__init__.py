@@ -202,6 +202,7 @@ class FleetServer:
         r.add_get("/v1/agents/{name}/diff", self._diff)
         r.add_get("/v1/agents/{name}/log", self._log)
         r.add_post("/v1/agents/{name}/{action}", self._act)
+        r.add_post("/v1/settle", self._settle)
         r.add_post("/v1/stop", self._stop)
 
     async def _info(self, request: web.Request) -> web.Response:
@@ -215,6 +216,7 @@ class FleetServer:
             "pid": os.getpid(),
             "repo": str(self.fleet.root),
             "base_branch": self.fleet.base_branch,
+            "notices": list(getattr(self.fleet, "notices", [])),
         }
 
     async def _snapshot(self, request: web.Request) -> web.Response:
@@ -348,6 +350,13 @@ class FleetServer:
         else:
             return _error(404, f"unknown action {action!r}")
         return web.json_response(result)
+
+    async def _settle(self, request: web.Request) -> web.Response:
+        """Wait until no agent is starting or running, bring every diff up to date, and answer the seq of the
+        last event that produced (a headless run prints the stream up to there, then exits)."""
+        await self.fleet.wait_settled()
+        await self.fleet.refresh_diffs()
+        return web.json_response({"seq": self.seq})
 
     async def _stop(self, request: web.Request) -> web.Response:
         asyncio.get_running_loop().call_soon(self._stopped.set)
