@@ -139,3 +139,21 @@ def screen_cells(app: Any) -> list[list[tuple[str, Any]]]:
 def screen_text(app: Any) -> list[str]:
     """The screen as lines of text, the way a person reads it off the terminal."""
     return ["".join(ch for ch, _ in row).rstrip() for row in screen_cells(app)]
+
+
+def burst(app: Any, keys: list[str]) -> None:
+    """Type `keys` the way typeahead or a paste arrives over SSH: all queued at once, before the app has
+    handled the first (Pilot's press waits for the app after each key)."""
+    from textual import events
+    from textual.keys import _character_to_key
+
+    for key in keys:
+        char: str | None = None
+        if len(key) == 1:  # a character: its key name ("minus" for "-") and the character itself
+            char = key
+            key = key if key.isalnum() else _character_to_key(key)
+        elif key == "space":
+            char = " "
+        event = events.Key(key, char)
+        event.set_sender(app)
+        app._driver.send_message(event)

@@ -7,11 +7,13 @@ Hidden agents cost nothing but their header counters. Idle, only a 1 Hz clock ru
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -39,7 +41,26 @@ DECISION_ACTIONS = frozenset(
     {"approve", "approve_all", "deny", "redirect", "interrupt", "resume", "kill", "new", "merge", "discard"}
 )
 #: Actions that make sense only on the fleet view or the zoom (not in a dialog).
-VIEW_ACTIONS = DECISION_ACTIONS | {"next_decision", "help"}
+VIEW_ACTIONS = DECISION_ACTIONS | {"next_decision", "help", "quit"}
+
+#: Seconds keys typed while a dialog opens are held at most (then they are delivered wherever focus is).
+TYPEAHEAD_HOLD = 2.0
+
+_Action = TypeVar("_Action", bound=Callable[..., Any])
+
+
+def decision(action: _Action) -> _Action:
+    """A key that changes the fleet: in a read-only monitor it says where decisions are taken instead."""
+
+    @functools.wraps(action)
+    def run(self: MissionControl, *args: Any) -> Any:
+        if self.monitor:
+            self.notify_read_only()
+            return None
+        return action(self, *args)
+
+    return run  # type: ignore[return-value]
+
 
 _KEY_NAMES = {"question_mark": "?", "escape": "esc", "space": "space", "enter": "enter"}
 
@@ -50,20 +71,23 @@ class MissionControl(App[int]):
     CSS_PATH = "mc.tcss"
     TITLE = "missionctl"
 
+    # Every key of the fleet view and the zoom is a priority binding: it acts the moment it arrives, in the
+    # order it was typed. (A non-priority binding acts only once its key has bubbled back up from the focused
+    # widget; keys typed right after it would overtake it, and `2 a` could approve agent 1.)
     BINDINGS = [
-        Binding("a", "approve", "Approve", id="approve"),
-        Binding("A", "approve_all", "Approve + same kind", id="approve_all", show=False),
-        Binding("d", "deny", "Deny", id="deny"),
-        Binding("r", "redirect", "Redirect", id="redirect"),
-        Binding("i", "interrupt", "Interrupt", id="interrupt"),
-        Binding("R", "resume", "Resume", id="resume", show=False),
-        Binding("K", "kill", "Kill", id="kill", show=False),
-        Binding("n", "new", "New", id="new"),
-        Binding("m", "merge", "Merge", id="merge"),
-        Binding("x", "discard", "Discard", id="discard", show=False),
-        Binding("space", "next_decision", "Next", id="next_decision"),
-        Binding("question_mark", "help", "Help", id="help"),
-        Binding("q", "quit", "Quit", id="quit"),
+        Binding("a", "approve", "Approve", id="approve", priority=True),
+        Binding("A", "approve_all", "Approve + same kind", id="approve_all", show=False, priority=True),
+        Binding("d", "deny", "Deny", id="deny", priority=True),
+        Binding("r", "redirect", "Redirect", id="redirect", priority=True),
+        Binding("i", "interrupt", "Interrupt", id="interrupt", priority=True),
+        Binding("R", "resume", "Resume", id="resume", show=False, priority=True),
+        Binding("K", "kill", "Kill", id="kill", show=False, priority=True),
+        Binding("n", "new", "New", id="new", priority=True),
+        Binding("m", "merge", "Merge", id="merge", priority=True),
+        Binding("x", "discard", "Discard", id="discard", show=False, priority=True),
+        Binding("space", "next_decision", "Next", id="next_decision", priority=True),
+        Binding("question_mark", "help", "Help", id="help", priority=True),
+        Binding("q", "quit", "Quit", id="quit", priority=True),
     ]
 
     def __init__(
@@ -91,6 +115,9 @@ class MissionControl(App[int]):
         self._drain_armed = False
         self._closed = False
         self._keys = dict(self.config.ui.keys)
+        self._typeahead: list[events.Key] | None = None
+        """Keys typed while a dialog opens, held until its first field has focus (None: not holding)."""
+        self._typeahead_timer: Any = None
 
     # -- life cycle ------------------------------------------------------------------------------
     def get_default_screen(self) -> Screen:
@@ -142,6 +169,47 @@ class MissionControl(App[int]):
 
     async def on_unmount(self) -> None:
         await self.close_fleet()
+
+    # -- typeahead -------------------------------------------------------------------------------
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key) and not event.is_forwarded and self._typeahead is not None:
+            self._typeahead.append(event)  # a dialog is opening: its first field gets this key once it has focus
+            return
+        await super().on_event(event)
+
+    def hold_keys(self) -> None:
+        """Hold the keys typed from now on until `release_keys` (a dialog is about to open)."""
+        if self._typeahead is None:
+            self._typeahead = []
+        if self._typeahead_timer is not None:
+            self._typeahead_timer.stop()
+        self._typeahead_timer = self.set_timer(TYPEAHEAD_HOLD, self.release_keys)
+
+    def release_keys(self) -> None:
+        """Deliver the held keys, in order, before any key typed after them (called once a dialog has focus)."""
+        if self._typeahead is not None:
+            self.call_later(self._replay_keys)
+
+    async def _replay_keys(self) -> None:
+        held, self._typeahead = self._typeahead or [], None
+        if self._typeahead_timer is not None:
+            self._typeahead_timer.stop()
+            self._typeahead_timer = None
+        for index, key in enumerate(held):
+            await super().on_event(key)
+            if self._typeahead is not None:  # that key opened another dialog: the rest wait for it
+                self._typeahead[:0] = held[index + 1 :]
+                return
+
+    def open_dialog(self, screen: Screen[Any], callback: Callable[[Any], None] | None = None) -> None:
+        """Push a dialog; what is typed until its first field has focus goes there (see mc.tui.screens.Dialog)."""
+        self.hold_keys()
+        self.push_screen(screen, callback)
+
+    def notify_read_only(self) -> None:
+        owner = self.fleet.owner_pid
+        where = f"the window of process {owner}" if owner else "the window that drives the fleet"
+        self.notify(f"read-only monitor: decisions are taken in {where}", severity="warning")
 
     # -- state helpers ---------------------------------------------------------------------------
     def now(self) -> float:
@@ -282,9 +350,8 @@ class MissionControl(App[int]):
         self.run_worker(self._guard(work, done), group="fleet")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in VIEW_ACTIONS and self.view_screen() is not self.screen:
-            return False  # a dialog is open
-        return not (action in DECISION_ACTIONS and self.monitor)
+        # a dialog is open: the key is the dialog's (typed into a field, say)
+        return not (action in VIEW_ACTIONS and self.view_screen() is not self.screen)
 
     def _need_agent(self) -> Agent | None:
         agent = self.current()
@@ -292,10 +359,12 @@ class MissionControl(App[int]):
             self.notify("no agent selected", severity="warning")
         return agent
 
+    @decision
     def action_approve(self) -> None:
         if (agent := self._need_agent()) is not None:
             self._command(self.fleet.approve(agent.id))
 
+    @decision
     def action_approve_all(self) -> None:
         if (agent := self._need_agent()) is not None:
             req = agent.oldest_pending()
@@ -303,6 +372,7 @@ class MissionControl(App[int]):
             done = f"{agent.name}: approved; {what} calls run without asking for the rest of this run" if req else ""
             self._command(self.fleet.approve(agent.id, remember=True), done)
 
+    @decision
     def action_deny(self) -> None:
         agent = self._need_agent()
         if agent is None:
@@ -316,10 +386,11 @@ class MissionControl(App[int]):
             if reason is not None:
                 self._command(self.fleet.deny(agent.id, req.approval_id, reason=reason))
 
-        self.push_screen(
+        self.open_dialog(
             TextPrompt(f"Deny {agent.name}: {req.summary}", "reason (optional; the model sees it)"), answer
         )
 
+    @decision
     def action_redirect(self) -> None:
         agent = self._need_agent()
         if agent is None:
@@ -329,10 +400,11 @@ class MissionControl(App[int]):
             if text:
                 self._command(self.fleet.redirect(agent.id, text), f"{agent.name}: new instruction sent")
 
-        self.push_screen(
+        self.open_dialog(
             TextPrompt(f"New instruction for {agent.name}", "what should it do instead?", allow_empty=False), answer
         )
 
+    @decision
     def action_interrupt(self) -> None:
         agent = self._need_agent()
         if agent is None:
@@ -344,10 +416,12 @@ class MissionControl(App[int]):
                 self.fleet.interrupt(agent.id), f"{agent.name}: interrupted ({self.key_hint('interrupt')} resumes)"
             )
 
+    @decision
     def action_resume(self) -> None:
         if (agent := self._need_agent()) is not None:
             self._command(self.fleet.resume(agent.id), f"{agent.name}: resumed")
 
+    @decision
     def action_kill(self) -> None:
         agent = self._need_agent()
         if agent is None:
@@ -359,20 +433,22 @@ class MissionControl(App[int]):
                 done = f"{agent.name}: killed" + (" and discarded" if discard else "; its worktree is kept")
                 self._command(self.fleet.kill(agent.id, discard=discard), done)
 
-        self.push_screen(KillScreen(agent.name), answer)
+        self.open_dialog(KillScreen(agent.name), answer)
 
+    @decision
     def action_new(self) -> None:
         def answer(spec: AgentConfig | None) -> None:
             if spec is not None:
                 self._command(self._spawn(spec))
 
-        self.push_screen(NewAgentScreen(self.fleet.base_branch), answer)
+        self.open_dialog(NewAgentScreen(self.fleet.base_branch), answer)
 
     async def _spawn(self, spec: AgentConfig) -> None:
         agent = await self.fleet.spawn(spec)
         self.select(agent.id)
         self.notify(f"{agent.name}: started on {agent.branch}")
 
+    @decision
     def action_merge(self) -> None:
         agent = self._need_agent()
         if agent is None:
@@ -383,21 +459,30 @@ class MissionControl(App[int]):
                 severity="warning",
             )
             return
+        if agent.status in ("merged", "discarded"):
+            self.notify(f"{agent.name} is already {agent.status}: there is nothing to merge", severity="warning")
+            return
+        self.hold_keys()  # the dialog opens once the diff is fresh: f, g or s typed meanwhile are its keys
         self.run_worker(self._merge_flow(agent), group="fleet")
 
     async def _merge_flow(self, agent: Agent) -> None:
-        diff = self.fleet.diff(agent.id)
-        if agent.status not in ("merged", "discarded"):
-            try:
-                diff = await self.fleet.refresh_diff(agent.id)
-            except Exception:
-                diff = self.fleet.diff(agent.id)
+        try:
+            diff = await self.fleet.refresh_diff(agent.id)
+        except Exception:
+            diff = self.fleet.diff(agent.id)
+        if diff is not None and not diff.files:
+            self.notify(
+                f"{agent.name} has no changes against {agent.base_ref}: there is nothing to merge",
+                severity="warning",
+            )
+            self.release_keys()
+            return
 
         def answer(mode: str | None) -> None:
             if mode:
                 self._command(self._merge(agent, mode))
 
-        self.push_screen(MergeScreen(agent, diff, self.config.repo.merge), answer)
+        self.open_dialog(MergeScreen(agent, diff, self.config.repo.merge), answer)
 
     async def _merge(self, agent: Agent, mode: str) -> None:
         result = await self.fleet.merge(agent.id, mode=mode)
@@ -411,6 +496,7 @@ class MissionControl(App[int]):
                 timeout=12,
             )
 
+    @decision
     def action_discard(self) -> None:
         agent = self._need_agent()
         if agent is None:
@@ -420,7 +506,7 @@ class MissionControl(App[int]):
             if yes:
                 self._command(self._discard(agent))
 
-        self.push_screen(
+        self.open_dialog(
             ConfirmScreen(
                 f"Discard {agent.name}? Its worktree and branch go away; a snapshot ref keeps the work.", "Discard"
             ),
@@ -439,7 +525,7 @@ class MissionControl(App[int]):
         self.select(nxt.id)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.open_dialog(HelpScreen())
 
     async def action_quit(self) -> None:
         running = [a.name for a in self.agents() if a.status in ("starting", "running")]
@@ -449,7 +535,7 @@ class MissionControl(App[int]):
                 if yes:
                     self.run_worker(self._quit_now())
 
-            self.push_screen(
+            self.open_dialog(
                 ConfirmScreen(
                     f"{len(running)} agent{'s' if len(running) != 1 else ''} still running ({', '.join(running)}). "
                     "Quit? They stop now and come back interrupted, resumable; everything stays on disk.",
@@ -466,7 +552,11 @@ class MissionControl(App[int]):
 
     # -- command palette -------------------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        for command in super().get_system_commands(screen):
+            # "Keys" is ours (every key of mission control, as remapped); Textual's shows widget internals.
+            # "Theme": the colours are chosen for this app's dark background (tests/test_tui_contrast.py).
+            if command.title not in ("Keys", "Theme"):
+                yield command
         for action, title, text in PALETTE:
             if self.monitor and action in DECISION_ACTIONS:
                 continue

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.table import Table
 from rich.text import Text
@@ -13,6 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
+from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 
 from mc.agent import Agent
@@ -91,16 +93,19 @@ class TopBar(Static):
 class FleetScreen(Screen):
     """Every agent: a grid of panes for a few, a compact list plus the selected pane for many."""
 
-    BINDINGS = [
-        Binding("left,h", "move(-1, 0)", "Prev", id="left", show=False),
-        Binding("right,l", "move(1, 0)", "Next", id="right", show=False),
-        Binding("up,k", "move(0, -1)", "Up", id="up", show=False),
-        Binding("down,j", "move(0, 1)", "Down", id="down", show=False),
-        Binding("enter", "zoom", "Zoom", id="zoom"),
-        Binding("pageup", "log_page(-1)", "Log up", id="log_up", show=False),
-        Binding("pagedown", "log_page(1)", "Log down", id="log_down", show=False),
-        Binding("end", "log_follow", "Follow log", id="follow", show=False),
-        *[Binding(str(i), f"select({i})", f"Agent {i}", id=f"agent_{i}", show=False) for i in range(1, 10)],
+    BINDINGS = [  # priority: each acts in the order typed, with the app's keys (see MissionControl.BINDINGS)
+        Binding("left,h", "move(-1, 0)", "Prev", id="left", show=False, priority=True),
+        Binding("right,l", "move(1, 0)", "Next", id="right", show=False, priority=True),
+        Binding("up,k", "move(0, -1)", "Up", id="up", show=False, priority=True),
+        Binding("down,j", "move(0, 1)", "Down", id="down", show=False, priority=True),
+        Binding("enter", "zoom", "Zoom", id="zoom", priority=True),
+        Binding("pageup", "log_page(-1)", "Log up", id="log_up", show=False, priority=True),
+        Binding("pagedown", "log_page(1)", "Log down", id="log_down", show=False, priority=True),
+        Binding("end", "log_follow", "Follow log", id="follow", show=False, priority=True),
+        *[
+            Binding(str(i), f"select({i})", f"Agent {i}", id=f"agent_{i}", show=False, priority=True)
+            for i in range(1, 10)
+        ],
     ]
 
     def __init__(self) -> None:
@@ -269,7 +274,7 @@ class ZoomScreen(Screen):
     """One agent: its log and its diff side by side (stacked when narrow), both live."""
 
     BINDINGS = [
-        Binding("escape", "back", "Back", id="back"),
+        Binding("escape", "back", "Back", id="back", priority=True),
         Binding("home", "history", "Whole log", id="history", priority=True, tooltip="load the whole log from disk"),
     ]
 
@@ -284,6 +289,7 @@ class ZoomScreen(Screen):
         self.files = Static(id="zoom-files")
         self.feed = LogFeed(self.log_view)
         self._diff: Diff | bool | None = False
+        self._diff_status = ""
         self._version = -1
 
     @property
@@ -350,8 +356,9 @@ class ZoomScreen(Screen):
             self.query_one("#zoom-approval").display = bool(agent.pending)
             self.feed.sync(agent)
         diff = fleet.diff(agent.id)
-        if diff is not self._diff or diff_changed:
+        if diff is not self._diff or diff_changed or agent.status != self._diff_status:
             self._diff = diff
+            self._diff_status = agent.status
             self._show_diff(agent, diff)
 
     def tick(self) -> None:
@@ -373,19 +380,27 @@ class ZoomScreen(Screen):
     def _show_diff(self, agent: Agent, diff: Diff | None) -> None:
         t = Text(no_wrap=True, overflow="ellipsis")
         files = diff.files if diff is not None else agent.diff_files
+        merged = agent.status == "merged"
         if not files:
-            t.append("no changes yet", style=MUTED)
+            t.append("no changes" if merged or agent.status == "discarded" else "no changes yet", style=MUTED)
         else:
             added = diff.added if diff is not None else agent.lines_added
             removed = diff.removed if diff is not None else agent.lines_removed
-            t.append(f"{len(files)} file{'s' if len(files) != 1 else ''} changed  ", style="bold")
+            n = f"{len(files)} file{'s' if len(files) != 1 else ''}"
+            if merged:
+                commit = f" as {agent.merged_commit[:10]}" if agent.merged_commit else ""
+                t.append(f"{n} merged into {agent.base_ref}{commit}  ", style="bold")
+            else:
+                t.append(f"{n} changed  ", style="bold")
             t.append(f"+{added}", style=ADDED)
             t.append(" ")
             t.append(f"-{removed}", style=REMOVED)
             if diff is not None and diff.truncated:
                 t.append("  (diff truncated)", style=YELLOW)
             for f in files:
-                t.append(f"\n{f.status:>2} ", style="bold")
+                # once merged, an untracked file is one the merge added: no longer "?"
+                status = "A" if merged and f.status.startswith("?") else f.status
+                t.append(f"\n{status:>2} ", style="bold")
                 t.append(clean(f.path))
                 if f.binary:
                     t.append("  binary", style=MUTED)
@@ -406,13 +421,62 @@ class ZoomScreen(Screen):
 
 
 # -- dialogs ---------------------------------------------------------------------------------------
-class TextPrompt(ModalScreen[str | None]):
+DialogResult = TypeVar("DialogResult")
+
+
+class Dialog(ModalScreen[DialogResult]):
+    """A modal dialog whose keys act in the order they are typed.
+
+    Keys typed while it opens (typeahead, a paste over SSH) are held by the app and delivered once its first
+    field has focus (`MissionControl.open_dialog`). Its own keys, tab and shift+tab among them, are priority
+    bindings: a key that moves the focus acts before the next key is delivered, so text typed after a tab
+    lands in the next field, not in the one it left.
+    """
+
+    BINDINGS = [
+        Binding("tab", "app.focus_next", "Next field", show=False, priority=True),
+        Binding("shift+tab", "app.focus_previous", "Previous field", show=False, priority=True),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(classes="dialog-screen")
+
+    def first_focus(self) -> Widget | None:
+        """The widget that gets the focus (and the typeahead) when the dialog opens."""
+        return None
+
+    def after_typing(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once every field has taken in the keys already sent to it (a priority key such as
+        enter acts on arrival, while the characters typed before it may still wait in a field's queue)."""
+        fields = list(self.query(Input))
+
+        def step(index: int) -> None:
+            if index == len(fields):
+                callback()
+            else:
+                fields[index].call_later(step, index + 1)
+
+        step(0)
+
+    def on_mount(self) -> None:
+        target = self.first_focus()
+        if target is not None:
+            self.set_focus(target)  # now, not after a refresh as Widget.focus() does: the held keys come next
+        release = getattr(self.app, "release_keys", None)
+        if release is not None:
+            release()
+
+
+class TextPrompt(Dialog[str | None]):
     """One line of text (a deny reason, a new instruction). Enter sends, escape cancels."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="dialog.cancel", priority=True),
+        Binding("enter", "send", "Send", id="dialog.send", show=False, priority=True),
+    ]
 
     def __init__(self, title: str, placeholder: str = "", *, allow_empty: bool = True) -> None:
-        super().__init__(classes="dialog-screen")
+        super().__init__()
         self.title_text = title
         self.placeholder = placeholder
         self.allow_empty = allow_empty
@@ -423,12 +487,14 @@ class TextPrompt(ModalScreen[str | None]):
             yield Input(placeholder=self.placeholder, id="prompt-input")
             yield Label("enter: send   escape: cancel", classes="dialog-hint")
 
-    def on_mount(self) -> None:
-        self.query_one(Input).focus()
+    def first_focus(self) -> Widget | None:
+        return self.query_one(Input)
 
-    @on(Input.Submitted)
-    def _submitted(self, event: Input.Submitted) -> None:
-        value = event.value.strip()
+    def action_send(self) -> None:
+        self.after_typing(self._send)
+
+    def _send(self) -> None:
+        value = self.query_one(Input).value.strip()
         if not value and not self.allow_empty:
             self.notify("type something first (escape cancels)", severity="warning")
             return
@@ -438,16 +504,16 @@ class TextPrompt(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class ConfirmScreen(ModalScreen[bool]):
+class ConfirmScreen(Dialog[bool]):
     """A yes/no question. y or enter confirms, n or escape cancels."""
 
     BINDINGS = [
-        Binding("y", "answer(True)", "Yes", id="dialog.yes"),
-        Binding("n,escape", "answer(False)", "No", id="dialog.no"),
+        Binding("y", "answer(True)", "Yes", id="dialog.yes", priority=True),
+        Binding("n,escape", "answer(False)", "No", id="dialog.no", priority=True),
     ]
 
     def __init__(self, question: str, yes: str = "Yes") -> None:
-        super().__init__(classes="dialog-screen")
+        super().__init__()
         self.question = question
         self.yes = yes
 
@@ -458,8 +524,8 @@ class ConfirmScreen(ModalScreen[bool]):
                 yield Button(f"{self.yes} (y)", variant="error", id="yes")
                 yield Button("Cancel (n)", id="no")
 
-    def on_mount(self) -> None:
-        self.query_one("#no", Button).focus()
+    def first_focus(self) -> Widget | None:
+        return self.query_one("#no", Button)
 
     def action_answer(self, value: bool) -> None:
         self.dismiss(value)
@@ -469,16 +535,16 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
-class KillScreen(ModalScreen[tuple[bool, bool] | None]):
+class KillScreen(Dialog[tuple[bool, bool] | None]):
     """Confirm a kill, optionally discarding the worktree too. Returns (kill, discard) or None."""
 
     BINDINGS = [
-        Binding("y", "kill", "Kill", id="dialog.yes"),
-        Binding("n,escape", "cancel", "Cancel", id="dialog.no"),
+        Binding("y", "kill", "Kill", id="dialog.yes", priority=True),
+        Binding("n,escape", "cancel", "Cancel", id="dialog.no", priority=True),
     ]
 
     def __init__(self, name: str) -> None:
-        super().__init__(classes="dialog-screen")
+        super().__init__()
         self.agent_name = name
 
     def compose(self) -> ComposeResult:
@@ -493,8 +559,8 @@ class KillScreen(ModalScreen[tuple[bool, bool] | None]):
                 yield Button("Kill (y)", variant="error", id="yes")
                 yield Button("Cancel (n)", id="no")
 
-    def on_mount(self) -> None:
-        self.query_one("#no", Button).focus()
+    def first_focus(self) -> Widget | None:
+        return self.query_one("#no", Button)
 
     def action_kill(self) -> None:
         self.dismiss((True, self.query_one("#discard", Checkbox).value))
@@ -510,13 +576,16 @@ class KillScreen(ModalScreen[tuple[bool, bool] | None]):
             self.dismiss(None)
 
 
-class NewAgentScreen(ModalScreen[AgentConfig | None]):
+class NewAgentScreen(Dialog[AgentConfig | None]):
     """The form for a new agent: name, task, runner, model, base ref, policy (and a command for `command`)."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="dialog.cancel", priority=True),
+        Binding("enter", "enter", "Next field / start", id="dialog.enter", show=False, priority=True),
+    ]
 
     def __init__(self, default_base: str = "") -> None:
-        super().__init__(classes="dialog-screen")
+        super().__init__()
         self.default_base = default_base
 
     def compose(self) -> ComposeResult:
@@ -538,8 +607,8 @@ class NewAgentScreen(ModalScreen[AgentConfig | None]):
                 yield Button("Start", variant="primary", id="start")
                 yield Button("Cancel", id="cancel")
 
-    def on_mount(self) -> None:
-        self.query_one("#name", Input).focus()
+    def first_focus(self) -> Widget | None:
+        return self.query_one("#name", Input)
 
     def _value(self, wid: str) -> str:
         return self.query_one(f"#{wid}", Input).value.strip()
@@ -561,10 +630,17 @@ class NewAgentScreen(ModalScreen[AgentConfig | None]):
             )
         )
 
-    @on(Input.Submitted)
-    def _enter(self, event: Input.Submitted) -> None:
-        if event.input.id == "task" or (event.input.id == "name" and self._value("task")):
-            self._submit()
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "enter":  # on a button or a list, enter is theirs
+            return isinstance(self.focused, Input)
+        return True
+
+    def action_enter(self) -> None:
+        """Enter in a field: start the agent from the task field (or from the name when a task is there), else
+        go to the next field."""
+        wid = self.focused.id if self.focused is not None else ""
+        if wid == "task" or (wid == "name" and self._value("task")):
+            self.after_typing(self._submit)
         else:
             self.focus_next()
 
@@ -579,18 +655,18 @@ class NewAgentScreen(ModalScreen[AgentConfig | None]):
         self.dismiss(None)
 
 
-class MergeScreen(ModalScreen[str | None]):
+class MergeScreen(Dialog[str | None]):
     """The final diff, and how to land it: ff, merge or squash. Returns the mode or None."""
 
     BINDINGS = [
-        Binding("f", "choose('ff')", "Fast-forward", id="merge.ff"),
-        Binding("g", "choose('merge')", "Merge commit", id="merge.merge"),
-        Binding("s", "choose('squash')", "Squash", id="merge.squash"),
-        Binding("escape", "choose(None)", "Cancel", id="dialog.cancel"),
+        Binding("f", "choose('ff')", "Fast-forward", id="merge.ff", priority=True),
+        Binding("g", "choose('merge')", "Merge commit", id="merge.merge", priority=True),
+        Binding("s", "choose('squash')", "Squash", id="merge.squash", priority=True),
+        Binding("escape", "choose(None)", "Cancel", id="dialog.cancel", priority=True),
     ]
 
     def __init__(self, agent: Agent, diff: Diff | None, default_mode: str) -> None:
-        super().__init__(classes="dialog-screen")
+        super().__init__()
         self.agent = agent
         self.diff = diff
         self.default_mode = default_mode
@@ -621,8 +697,8 @@ class MergeScreen(ModalScreen[str | None]):
                     )
                 yield Button("Cancel (esc)", id="mode-cancel")
 
-    def on_mount(self) -> None:
-        self.query_one(f"#mode-{self.default_mode}", Button).focus()
+    def first_focus(self) -> Widget | None:
+        return self.query_one(f"#mode-{self.default_mode}", Button)
 
     def action_choose(self, mode: str | None) -> None:
         self.dismiss(mode)
@@ -633,10 +709,10 @@ class MergeScreen(ModalScreen[str | None]):
         self.dismiss(None if mode == "cancel" else mode)
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(Dialog[None]):
     """Every key, as remapped by [ui.keys], with what it does."""
 
-    BINDINGS = [Binding("escape,q,question_mark", "close", "Close", id="help.close")]
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close", id="help.close", priority=True)]
 
     def compose(self) -> ComposeResult:
         app: MissionControl = self.app  # type: ignore[assignment]
