@@ -146,6 +146,7 @@ def operations(repo: Repo, path: Path, tag: str) -> list[tuple[str, Callable[[],
             "restore snapshot",
             lambda: repo.restore_snapshot("refs/mc/snapshots/planted", "mc/back", path.parent / "back"),
         ),
+        ("remove worktree", lambda: repo.remove_worktree(path)),  # git runs `git status` there to see it is clean
     ]
 
 
@@ -202,12 +203,12 @@ async def test_planted_config_runs_nothing_and_mission_control_still_works(
         pass
     ran = programs.ran()
     print(f"{where}: {len(keys)} keys and {len(HOOKS)} hooks planted, {len(ops) + 1} git operations: ran {ran}")
-    assert len(keys) == 13 and len(ops) == (9 if where == "repository config" else 10)
+    assert len(keys) == 13 and len(ops) == (10 if where == "repository config" else 11)
     assert ran == [], f"planted programs ran: {ran}"
     assert failed == {}
     assert results["watcher check-ignore"] == {"notes.txt"}
     # the work is committed as the bytes on disk (no filter touched it)
-    assert plain_git(path, "show", "HEAD:notes.txt") == "one\nthree\n"
+    assert plain_git(repo.root, "show", "mc/planter:notes.txt") == "one\nthree\n" and not path.exists()
     if "restore snapshot" in results:
         assert (path.parent / "back" / "data.dat").read_text() == "payload\n"
 
@@ -265,7 +266,7 @@ async def test_a_rewritten_dot_git_is_refused_by_every_call_and_runs_nothing(
     programs = Programs(tmp_path / "programs")
     hijacks(path, sibling, programs)[how]()
     programs.clear()
-    ops = [op for op in operations(repo, path, tag) if op[0] != "restore snapshot"]
+    ops = [op for op in operations(repo, path, tag) if op[0] not in ("restore snapshot", "remove worktree")]
     results, failed = await run_all(ops)
     print(f".git {how}: {len(ops)} git operations, {len(failed)} refused, ran {programs.ran()}")
     assert programs.ran() == []
@@ -347,3 +348,37 @@ async def test_the_reported_escape_fails_in_the_sandbox(
 
     await wait_for(lambda: "README.md" in diffed(), what="the agent's diff")
     assert not mark.exists()
+
+
+def test_a_repository_the_agent_made_inside_a_submodule_runs_nothing(tmp_path: Path) -> None:
+    """Where a submodule is (a gitlink of the base), the agent's command can make a repository of its own, with a
+    repository inside it whose config and attributes name a filter. Mission control's checks of the submodule
+    run git there; git must not start it in the nested one, whose config no one has read."""
+    lib = make_repo(tmp_path / "lib", {"lib.py": "x = 1\n"})
+    main = make_repo(tmp_path / "repo")
+    plain_git(main, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(lib), "vendor/lib")
+    plain_git(main, "commit", "-q", "-m", "add submodule")
+    repo = Repo(main)
+    path = repo.root.parent / "worktrees" / "nest"
+    repo.add_worktree(path, "mc/nest", repo.resolve("main"))
+    programs = Programs(tmp_path / "programs")
+    sub = path / "vendor" / "lib"  # empty: not checked out in a new worktree
+    inner = sub / "inner"
+    for folder, driver in ((inner, "deep"), (sub, "outer")):  # the agent's own git, inside its worktree
+        folder.mkdir(parents=True, exist_ok=True)
+        plain_git(folder, "init", "-q")
+        (folder / ".gitattributes").write_text(f"*.txt filter={driver}\n")
+        (folder / "a.txt").write_text("a\n")
+        plain_git(folder, "add", "-A")
+        plain_git(folder, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-q", "-m", "x")
+        plain_git(folder, "config", f"filter.{driver}.clean", programs.make(f"clean-{driver}"))
+        plain_git(folder, "config", f"filter.{driver}.required", "true")
+        (folder / "a.txt").write_text("b\n")  # the same size, a later time: git must clean it to compare
+        os.utime(folder / "a.txt", (os.stat(folder / "a.txt").st_atime, os.stat(folder / "a.txt").st_mtime + 5))
+    base = repo.resolve("main")
+    ops = [("unkept work", lambda: repo.unkept_work(path)), ("diff", lambda: compute_diff(path, base))]
+    for _name, call in ops:
+        call()
+    print(f"nested repositories in a submodule: {len(ops)} git operations, ran {programs.ran()}")
+    assert programs.ran() == []
+    assert any("vendor/lib" in line for line in repo.unkept_work(path))  # and the work there is still reported

@@ -18,6 +18,11 @@ sandbox, whatever the user can write), while these calls run outside any sandbox
   `process`) the config defines, whichever `.gitattributes` names it. `diff`, `log` and `show` get
   `--no-ext-diff --no-textconv`. So Git LFS and other filters do not run there: what mission control reads
   and commits in an agent's worktree is the bytes on disk.
+- `diff` and `status` get `--ignore-submodules=dirty` unless the caller chose: git would otherwise start
+  itself inside each submodule, a repository the agent may have made, with a config no one has read. What is
+  inside a submodule is looked at by calls of its own there, confined the same way.
+- `git worktree remove` (run in the main working tree) starts `git status` in the agent's worktree: it gets
+  the same switched-off config.
 
 A repository becomes mission control's with `trust_repository` (Repo does it when it opens one); its main
 working tree is the user's and keeps the user's config as it is. Any other folder (a plain repository, a
@@ -237,13 +242,18 @@ def _filter_drivers(options: list[str], cwd: Path, env: Mapping[str, str], admin
 
 
 def _no_external_diff(args: list[str]) -> list[str]:
-    """`args` with --no-ext-diff --no-textconv after the subcommand when it is diff, log or show."""
+    """`args` with --no-ext-diff --no-textconv after the subcommand when it is diff, log or show, and
+    --ignore-submodules=dirty for diff and status unless `args` say otherwise: to tell whether a submodule's
+    files changed, git would start itself inside it, with a config (and filters) no one has read."""
     i = 0
     while i < len(args) and args[i].startswith("-"):
         i += 2 if args[i] in ("-c", "-C") else 1
-    if i < len(args) and args[i] in _DIFFING:
-        return [*args[: i + 1], "--no-ext-diff", "--no-textconv", *args[i + 1 :]]
-    return args
+    if i >= len(args):
+        return args
+    extra = ["--no-ext-diff", "--no-textconv"] if args[i] in _DIFFING else []
+    if args[i] in ("diff", "status") and not any(a.startswith("--ignore-submodules") for a in args[i + 1 :]):
+        extra.append("--ignore-submodules=dirty")
+    return [*args[: i + 1], *extra, *args[i + 1 :]] if extra else args
 
 
 def git_command(
@@ -256,7 +266,15 @@ def git_command(
     after checking that its `.git` file still points where mission control put it (GitError when not).
     """
     real = os.path.realpath(cwd)
-    if real in _ROOTS or not os.path.isdir(real):  # a missing folder: the call fails and says so
+    if not os.path.isdir(real):  # a missing folder: the call fails and says so
+        return ["git", *args], dict(env)
+    if real in _ROOTS:
+        if args[:2] == ["worktree", "remove"] and "--force" not in args:
+            # git checks that the worktree is clean by running `git status` there, with that worktree's config
+            target = agent_git_dir(args[-1])
+            options = [] if target is None else [f"--git-dir={target}"]
+            base = add_config(dict(env), NO_PROGRAMS)
+            return ["git", *args], add_config(base, _no_filters(options, Path(cwd), base, target))
         return ["git", *args], dict(env)
     options: list[str] = []
     admin = agent_git_dir(real)
@@ -264,11 +282,16 @@ def git_command(
         _check_dot_git(real, str(admin))
         options = [f"--git-dir={admin}", f"--work-tree={real}"]
     base = add_config(dict(env), NO_PROGRAMS)
+    return ["git", *options, *_no_external_diff(args)], add_config(base, _no_filters(options, Path(cwd), base, admin))
+
+
+def _no_filters(options: list[str], cwd: Path, env: Mapping[str, str], admin: Path | None) -> list[tuple[str, str]]:
+    """Config entries that switch off every filter driver the config of this call defines."""
     config: list[tuple[str, str]] = []
-    for driver in _filter_drivers(options, Path(cwd), base, None if admin is None else str(admin)):
+    for driver in _filter_drivers(options, cwd, env, None if admin is None else str(admin)):
         config += [(f"filter.{driver}.{k}", "") for k in ("clean", "smudge", "process")]
         config.append((f"filter.{driver}.required", "false"))
-    return ["git", *options, *_no_external_diff(args)], add_config(base, config)
+    return config
 
 
 def _name(args: list[str]) -> str:
