@@ -210,7 +210,13 @@ def bwrap_argv(
         elif os.path.isdir(folder):
             args += ["--ro-bind", folder, folder]
     args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
-    if home and os.path.isabs(home) and os.path.realpath(home) != "/":
+    system = [os.path.realpath(f) for f in SYSTEM_FOLDERS if os.path.isdir(f)]
+    if (
+        home
+        and os.path.isabs(home)
+        and os.path.realpath(home) != "/"
+        and not _inside_any(os.path.realpath(home), system)
+    ):
         args += ["--tmpfs", os.path.realpath(home)]
     for folder in program_folders(path, home):
         args += ["--ro-bind", folder, folder]

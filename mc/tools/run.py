@@ -38,9 +38,10 @@ LOG_TAIL = 64 * 1024
 
 UNCONFINED = (
     "shell commands run unconfined ({why}): they can read and change whatever you can, including the "
-    "environment of mission control and the API key in it; install bubblewrap (apt-get install bubblewrap) to "
-    'confine them, the default where it is installed ([tools] sandbox = "auto")'
+    "environment of mission control and the API key in it; {fix}"
 )
+_INSTALL = 'install bubblewrap (apt-get install bubblewrap) to confine them ([tools] sandbox = "auto" uses it)'
+_CHOOSE = 'set [tools] sandbox = "auto" to confine them where bubblewrap works'
 _noticed: set[int] = set()
 
 
@@ -48,14 +49,14 @@ def effective_sandbox(setting: str, path: str | None = None) -> tuple[str, str]:
     """What [tools] sandbox means on this machine, for commands with this PATH: ("bwrap", its version and
     path), ("none", what that means), or ("", why the command must not run: "bwrap" asked for, not usable)."""
     if setting == "none":
-        return "none", UNCONFINED.format(why='[tools] sandbox = "none"')
+        return "none", UNCONFINED.format(why='[tools] sandbox = "none"', fix=_CHOOSE)
     ok, why = sandbox_available(path)
     if ok:
         return "bwrap", why
     if setting == "bwrap":
         return "", why
     reason = "bubblewrap is not installed" if find_bwrap(path) is None else why
-    return "none", UNCONFINED.format(why=reason)
+    return "none", UNCONFINED.format(why=reason, fix=_INSTALL)
 
 
 def sandbox_notice(config: Any) -> str | None:
