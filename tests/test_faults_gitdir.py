@@ -243,16 +243,28 @@ def hijacks(path: Path, sibling: Path, programs: Programs) -> dict[str, Callable
     def removed() -> None:
         dotgit.unlink()
 
+    def its_git_dir_names_another_repository() -> None:  # unsandboxed: <common>/worktrees/<id>/commondir
+        admin = Path(dotgit.read_text().split(":", 1)[1].strip())
+        (admin / "commondir").write_text(f"{evil_repo(programs, path / 'evil')}\n")
+
     return {
         "gitdir file": gitdir_file,
         "relative gitdir file": relative_gitdir_file,
         "a repository in its place": a_repository_in_its_place,
         "another agent's git dir": another_agents_gitdir,
         "removed": removed,
+        "its git dir names another repository": its_git_dir_names_another_repository,
     }
 
 
-HIJACKS = ["gitdir file", "relative gitdir file", "a repository in its place", "another agent's git dir", "removed"]
+HIJACKS = [
+    "gitdir file",
+    "relative gitdir file",
+    "a repository in its place",
+    "another agent's git dir",
+    "removed",
+    "its git dir names another repository",
+]
 
 
 @pytest.mark.parametrize("how", HIJACKS)
@@ -274,7 +286,7 @@ async def test_a_rewritten_dot_git_is_refused_by_every_call_and_runs_nothing(
     for name, message in failed.items():
         assert ".git" in message and expected in message and "restore it" in message, (name, message)
     assert repo.branch_exists("mc/hijacker") and not repo.snapshots()  # nothing was recorded from the wrong place
-    assert len(HIJACKS) == 5 and len(ops) == 9
+    assert len(HIJACKS) == 6 and len(ops) == 9
 
 
 def test_putting_the_dot_git_file_back_as_the_message_says_restores_everything(tmp_path: Path) -> None:

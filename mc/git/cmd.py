@@ -10,8 +10,9 @@ sandbox, whatever the user can write), while these calls run outside any sandbox
 
 - The git dir and the work tree are named (`--git-dir`, `--work-tree`), so git never reads the worktree's
   `.git` file to find its repository. The git dir is the one the repository itself records for that folder
-  (`<common git dir>/worktrees/<id>/gitdir`, outside the worktree), and the `.git` file must still point
-  there: when it does not, the call is refused with a message that says how to put it back.
+  (`<common git dir>/worktrees/<id>/gitdir`, outside the worktree), the `.git` file must still point there
+  and that git dir's `commondir` at the repository: when not, the call is refused with a message that says
+  how to put it back.
 - Config that runs a program is switched off with command-scope config entries (`GIT_CONFIG_KEY_<n>`, which
   win over the system, global, repository and `config.worktree` files): `core.fsmonitor`, `core.hooksPath`,
   the credential helper, askpass, commit signing, and every filter driver (`filter.<name>.clean`, `smudge`,
@@ -189,6 +190,25 @@ def _check_dot_git(worktree: str, admin: str) -> None:
     )
 
 
+def _check_common_dir(admin: str) -> None:
+    """Refuse when the git dir `admin` (<common>/worktrees/<id>) no longer names <common> as its repository."""
+    common = os.path.dirname(os.path.dirname(admin))
+    path = os.path.join(admin, "commondir")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            text = fh.read(8192).strip()
+    except OSError as exc:
+        text = f"unreadable: {exc.strerror}"
+    else:
+        if text and os.path.realpath(os.path.join(admin, text)) == common:
+            return
+    raise GitError(
+        f"{path} no longer points at {common}, the repository mission control works on (it says {text[:200]!r}): "
+        f"so mission control runs no git in that worktree; check what changed it, then restore it: "
+        f"`printf '../..\\n' > {shlex.quote(path)}`"
+    )
+
+
 def _filter_drivers(options: list[str], cwd: Path, env: Mapping[str, str], admin: str | None) -> tuple[str, ...]:
     """The names of every filter driver the config of this call defines (whichever file defines it)."""
     key: tuple[object, ...] | None = None
@@ -280,6 +300,7 @@ def git_command(
     admin = agent_git_dir(real)
     if admin is not None:
         _check_dot_git(real, str(admin))
+        _check_common_dir(str(admin))
         options = [f"--git-dir={admin}", f"--work-tree={real}"]
     base = add_config(dict(env), NO_PROGRAMS)
     return ["git", *options, *_no_external_diff(args)], add_config(base, _no_filters(options, Path(cwd), base, admin))
