@@ -103,6 +103,54 @@ class AgentLog:
         return log
 
 
+@dataclass(frozen=True)
+class CheckState:
+    """The agent's last check, as its CheckStarted and CheckFinished events made it."""
+
+    state: str = "none"
+    """none (never checked, or nothing to run), running, passed, failed or error (no verdict: see `reason`)."""
+    check_id: str = ""
+    trigger: str = ""
+    command: str = ""
+    scope: str = ""
+    why: str = ""
+    selected: tuple[str, ...] = ()
+    digest: str = ""
+    """The digest of the diff it ran on (see Agent.check_stale)."""
+    started: float = 0.0
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    total: int = 0
+    failing: tuple[str, ...] = ()
+    duration: float = 0.0
+    exit_code: int | None = None
+    reason: str = ""
+    output: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckState:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+    def summary(self) -> str:
+        """One line: "✓ 12 passed", "✗ 2 of 14 failed", "… checking", "— no checks" (the reason of an error)."""
+        if self.state == "running":
+            return "… checking"
+        if self.state == "passed":
+            return f"✓ {self.passed} passed" if self.total else "✓ passed"
+        if self.state == "failed":
+            bad = self.failed + self.errors
+            return f"✗ {bad} of {self.total} failed" if self.total else "✗ failed"
+        if self.state == "error":
+            return f"✗ {self.reason or 'error'}"
+        return "— no checks" + (f": {self.reason}" if self.reason else "")
+
+
 @dataclass
 class Agent:
     """Everything the fleet knows about one agent. Mutated only through `apply`."""
@@ -142,6 +190,10 @@ class Agent:
     diff_files: tuple[ev.FileStat, ...] = ()
     flags: tuple[ev.Flag, ...] = ()
     """The risk flags of the diff (mc/flags.py), sorted by path and line."""
+    diff_digest: str = ""
+    """The digest of the diff (DiffChanged.digest): what a check's result is compared with."""
+    check: CheckState = field(default_factory=CheckState)
+    """The last check of its tests (mc/checks)."""
     pending: dict[str, ev.ApprovalRequested] = field(default_factory=dict)
     remembered: set[str] = field(default_factory=set)
     conversation: list[dict[str, Any]] = field(default_factory=list)
@@ -168,6 +220,14 @@ class Agent:
         if self.pending:
             return min(p.ts for p in self.pending.values())
         return self.status_since
+
+    @property
+    def check_stale(self) -> bool:
+        """True when the diff changed after the last check began: its result is not about the diff as it is."""
+        check = self.check
+        return (
+            check.state != "none" and bool(check.digest) and bool(self.diff_digest) and check.digest != self.diff_digest
+        )
 
     @property
     def tokens(self) -> int:
@@ -308,8 +368,50 @@ class Agent:
                 self.diff_files = event.files
                 self.files_changed = len(event.files)
                 self.lines_added, self.lines_removed = event.added, event.removed
+                if event.digest:
+                    self.diff_digest = event.digest
             case ev.FlagsChanged():
                 self.flags = event.flags
+            case ev.CheckStarted():
+                self.check = CheckState(
+                    state="running",
+                    check_id=event.check_id,
+                    trigger=event.trigger,
+                    command=event.command,
+                    scope=event.scope,
+                    why=event.why,
+                    selected=event.selected,
+                    digest=event.digest,
+                    started=event.ts,
+                )
+                log.flush()
+                log.add("info", f"· checking ({event.trigger}): {event.why}" if event.why else "· checking")
+                for line in event.selected[:20]:
+                    log.add("info", f"  {line}")
+                if len(event.selected) > 20:
+                    log.add("info", f"  … and {len(event.selected) - 20} more")
+            case ev.CheckFinished():
+                base = self.check if self.check.check_id == event.check_id else CheckState(check_id=event.check_id)
+                self.check = dataclasses.replace(
+                    base,
+                    state="none" if event.outcome == "none" else event.outcome,
+                    passed=event.passed,
+                    failed=event.failed,
+                    errors=event.errors,
+                    skipped=event.skipped,
+                    total=event.total,
+                    failing=event.failing,
+                    duration=event.duration,
+                    exit_code=event.exit_code,
+                    reason=event.reason,
+                    output=event.output,
+                    digest=event.digest or base.digest,
+                )
+                kind = {"passed": "ok", "failed": "err", "error": "err"}.get(event.outcome, "info")
+                text = self.check.summary() + (f" in {event.duration:.1f} s" if event.duration else "")
+                if event.failing:
+                    text += ": " + ", ".join(event.failing[:5]) + (" …" if len(event.failing) > 5 else "")
+                log.add(kind, text)
             case ev.Committed():
                 log.add(
                     "ok", f"committed {event.commit[:10]}: {event.message.splitlines()[0] if event.message else ''}"
@@ -344,6 +446,7 @@ def _events(items: list[dict[str, Any]], kind: type[ev.Event], key: str) -> dict
 _CODECS: dict[str, tuple[Any, Any]] = {
     "diff_files": (lambda v: [dataclasses.asdict(f) for f in v], lambda d: tuple(ev.FileStat(**f) for f in d)),
     "flags": (lambda v: [dataclasses.asdict(f) for f in v], lambda d: tuple(ev.Flag.from_dict(f) for f in d)),
+    "check": (CheckState.to_dict, CheckState.from_dict),
     "pending": (lambda v: [e.to_dict() for e in v.values()], lambda d: _events(d, ev.ApprovalRequested, "approval_id")),
     "remembered": (sorted, set),
     "conversation": (list, list),

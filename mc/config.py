@@ -22,6 +22,9 @@ APIS = ("responses", "chat")
 RUNNERS = ("builtin", "codex", "acp", "claude", "command")
 MERGE_MODES = ("ff", "merge", "squash")
 SANDBOXES = ("none", "bwrap", "auto")
+CHECK_TRIGGERS = ("idle", "merge", "manual")
+#: What a [checks] affected command may hold in braces: the changed paths, the tests they touch, their folders.
+CHECK_PLACEHOLDERS = ("files", "tests", "packages")
 CONFIG_NAMES = ("missionctl.toml", ".mc/config.toml")
 
 
@@ -131,6 +134,24 @@ class FlagsConfig:
 
 
 @dataclass
+class ChecksConfig:
+    test: str = ""
+    """The project's test command, run in the agent's worktree like its own commands (e.g. "python -m pytest -q",
+    "npm test", "go test ./..."); empty: no checks."""
+    affected: str = ""
+    """The test command narrowed to what the diff touches, with {files} (the changed paths), {tests} (the Python
+    test files that import a changed module, directly or not) or {packages} (the changed files' folders, as
+    ./dir); empty: a pytest `test` gets the affected test files appended, any other runs whole."""
+    on: str = "idle"
+    """When checks run: idle (whenever an agent finishes a turn with a changed diff), merge (before a merge, which
+    a failing check stops) or manual (only when asked, key t)."""
+    timeout: float = 600.0
+    """Seconds a check may run before its processes are killed (and it counts as an error)."""
+    parallel: int = 0
+    """Checks that run at once across the fleet ([checks] only); 0: half the cores, at least 1."""
+
+
+@dataclass
 class AgentConfig:
     name: str
     task: str = ""
@@ -153,6 +174,8 @@ class AgentConfig:
     budget_cost: float = 0.0
     """What the agent may spend at the [prices] of its model; once reached it asks before its next model call.
     0: no budget."""
+    checks: dict[str, Any] = field(default_factory=dict)
+    """[agents.checks]: the keys of [checks] that differ for this agent (test, affected, on, timeout)."""
 
 
 @dataclass
@@ -182,6 +205,7 @@ class Config:
     ui: UIConfig = field(default_factory=UIConfig)
     flags: FlagsConfig = field(default_factory=FlagsConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
     prices: dict[str, PriceConfig] = field(default_factory=dict)
     """Model name → its price per million tokens in and out ([prices] table)."""
     agents: list[AgentConfig] = field(default_factory=list)
@@ -198,6 +222,12 @@ class Config:
     def agent_policy(self, agent: AgentConfig) -> str:
         return agent.policy or self.policy.approve
 
+    def agent_checks(self, agent: AgentConfig | None) -> ChecksConfig:
+        """[checks] with the agent's own [agents.checks] keys in place of the fleet's."""
+        if agent is None or not agent.checks:
+            return self.checks
+        return dataclasses.replace(self.checks, **agent.checks)
+
 
 _SECTIONS: dict[str, type] = {
     "repo": RepoConfig,
@@ -207,6 +237,7 @@ _SECTIONS: dict[str, type] = {
     "ui": UIConfig,
     "flags": FlagsConfig,
     "fleet": FleetConfig,
+    "checks": ChecksConfig,
 }
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("repo", "merge"): MERGE_MODES,
@@ -216,6 +247,8 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("agents", "runner"): RUNNERS,
     ("agents", "policy"): ("", *APPROVE_POLICIES),
     ("flags.rules", "severity"): ("high", "medium", "low"),
+    ("checks", "on"): CHECK_TRIGGERS,
+    ("agents.checks", "on"): CHECK_TRIGGERS,
 }
 #: (table, key) → (lowest, highest, whether the lowest itself is allowed, unit) of a number.
 _RANGES: dict[tuple[str, str], tuple[float, float, bool, str]] = {
@@ -236,6 +269,9 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, str]] = {
     ("fleet", "budget_cost"): (0, 10**12, True, "0: no budget"),
     ("prices", "input"): (0, 10**9, True, "per million tokens"),
     ("prices", "output"): (0, 10**9, True, "per million tokens"),
+    ("checks", "timeout"): (0, 86400, False, "seconds"),
+    ("agents.checks", "timeout"): (0, 86400, False, "seconds"),
+    ("checks", "parallel"): (0, 1024, True, "checks at once; 0: half the cores"),
 }
 NAME_MAX = 64
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
@@ -397,13 +433,19 @@ def _value_problem(table: str, key: str, value: Any, annotation: str) -> str | N
             return f"not a regular expression ({exc}): fix it (write it in single quotes, '…', so '\\' stays as it is)"
     if (table, key) == ("flags.rules", "id") and not value.strip():
         return 'an empty id: name the rule, e.g. id = "team.todo"'
+    if key == "affected" and table in ("checks", "agents.checks"):
+        unknown = [m for m in re.findall(r"(?<!\$)\{(\w*)\}", value) if m not in CHECK_PLACEHOLDERS]
+        if unknown:
+            return f"{{{unknown[0]}}} is not a placeholder: use {{files}}, {{tests}} or {{packages}}"
     return None
 
 
-def _build(cls: type, data: dict[str, Any], table: str, source: str, text: str, index: int | None = None):
+def _build(
+    cls: type, data: dict[str, Any], table: str, source: str, text: str, index: int | None = None, label: str = ""
+):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
-    label = f"[{table}]" if index is None else f"[[{table}]] #{index + 1}"
+    label = label or (f"[{table}]" if index is None else f"[[{table}]] #{index + 1}")
     for key, written in data.items():
         if key not in fields:
             known = ", ".join(sorted(fields))
@@ -456,7 +498,7 @@ def config_from_dict(data: dict[str, Any], source: str = "", text: str = "") -> 
                 raise ConfigError(
                     f"{_where(source, text, 'agents', None)}: agents must be an array of tables: write [[agents]]"
                 )
-            cfg.agents = [_build(AgentConfig, v, "agents", source, text, index=i) for i, v in enumerate(value)]
+            cfg.agents = _agents(value, source, text)
         elif key == "prices":
             cfg.prices = _prices(value, source, text)
         else:
@@ -602,6 +644,33 @@ def _prices(value: Any, source: str, text: str) -> dict[str, PriceConfig]:
     return prices
 
 
+def _agents(tables: list[dict[str, Any]], source: str, text: str) -> list[AgentConfig]:
+    """The [[agents]] tables; an agent's [agents.checks] is checked like [checks], and keeps only the keys it sets."""
+    agents = []
+    with_checks = 0
+    for i, table in enumerate(tables):
+        table = dict(table)
+        overrides = table.pop("checks", None)
+        agent = _build(AgentConfig, table, "agents", source, text, index=i)
+        if overrides is not None:
+            if not isinstance(overrides, dict):
+                raise ConfigError(
+                    f"{_where(source, text, 'agents', 'checks', i)}: [[agents]] {agent.name!r} checks must be a "
+                    'table: write [agents.checks] under the agent, or checks = { test = "…" }'
+                )
+            label = f"[agents.checks] of {agent.name!r}"
+            if "parallel" in overrides:
+                raise ConfigError(
+                    f"{_where(source, text, 'agents.checks', 'parallel', with_checks)}: {label} parallel: it is for "
+                    "the whole fleet: set it in [checks]"
+                )
+            built = _build(ChecksConfig, overrides, "agents.checks", source, text, index=with_checks, label=label)
+            agent.checks = {key: getattr(built, key) for key in overrides}
+            with_checks += 1
+        agents.append(agent)
+    return agents
+
+
 def _flag_rules(value: Any, source: str, text: str) -> list[FlagRuleConfig]:
     """A team's [[flags.rules]]: each one checked like a table of its own; ids are unique."""
     table = "flags.rules"
@@ -673,7 +742,9 @@ def starter_config(repo: str = ".", model: str = "gpt-5-mini", base_url: str = "
     ]
     data = config_to_dict(cfg)
     for agent in data["agents"]:
-        for key in [k for k, v in agent.items() if v == "" or v is False or (isinstance(v, (int, float)) and v == 0)]:
+        for key in [
+            k for k, v in agent.items() if v in ("", {}) or v is False or (isinstance(v, (int, float)) and v == 0)
+        ]:
             del agent[key]
     if not data["prices"]:
         data.pop("prices")

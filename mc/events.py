@@ -254,6 +254,8 @@ class DiffChanged(Event):
     files: tuple[FileStat, ...] = ()
     added: int = 0
     removed: int = 0
+    digest: str = ""
+    """A hash of the diff's text: it changes whenever the diff does, also where the counts stay the same."""
 
 
 #: How much a risk flag matters to a reviewer, highest first.
@@ -317,6 +319,56 @@ class Discarded(Event):
     type: ClassVar[str] = "discarded"
     snapshot_ref: str
     snapshot_commit: str
+
+
+#: What a check's result is: its tests passed or failed; error: it gave no verdict (it could not run, or timed
+#: out); none: there was nothing to run (no test command, or no test touches what changed).
+CheckOutcome = Literal["passed", "failed", "error", "none"]
+CHECK_OUTCOMES: tuple[str, ...] = ("passed", "failed", "error", "none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckStarted(Event):
+    """The agent's checks (its project's tests, narrowed to what its diff touches) began to run in its worktree."""
+
+    type: ClassVar[str] = "check_started"
+    check_id: str
+    command: str = ""
+    """The command line that runs (empty when there is nothing to run)."""
+    scope: str = "full"
+    """affected (narrowed to what the diff touches), full (the whole test command) or none (nothing to run)."""
+    why: str = ""
+    """One line: why this scope ("2 test files import what changed", "pyproject.toml changed" …)."""
+    selected: tuple[str, ...] = ()
+    """The tests selected and why, one line each: "tests/test_text.py ← app/text.py"."""
+    digest: str = ""
+    """The DiffChanged digest of the diff the check runs on: a later diff makes its result stale."""
+    trigger: str = "manual"
+    """idle (a turn ended with a changed diff), merge (before a merge) or manual (asked for)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckFinished(Event):
+    """The result of the check `check_id`: counts, duration, the failing tests, where its output is kept."""
+
+    type: ClassVar[str] = "check_finished"
+    check_id: str
+    outcome: str  # passed | failed | error | none
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    total: int = 0
+    """Tests that ran (passed, failed, errors and skipped); 0 when the output did not say."""
+    failing: tuple[str, ...] = ()
+    """The names of the failing tests (pytest node ids where pytest ran), at most 100."""
+    duration: float = 0.0
+    exit_code: int | None = None
+    reason: str = ""
+    """One line on an error or an empty run ("timed out after 600 s", "no test imports README.md" …)."""
+    output: str = ""
+    """The file that keeps the check's output (its first 256 KiB and last 64 KiB)."""
+    digest: str = ""
 
 
 #: Events that belong in the human log of an agent (the rest is bookkeeping).

@@ -22,15 +22,17 @@ from typing import Any
 
 from mc import cost, procs
 from mc import events as ev
-from mc.agent import Agent, AgentLog, LogLine
+from mc.agent import Agent, AgentLog, CheckState, LogLine
 from mc.agents import make_runner
 from mc.agents.base import Runner, RunnerContext, RunnerError
+from mc.checks import Checks, changed_paths, check_agent, fix_message
 from mc.config import AgentConfig, Config, agent_name_problem, suggest_name
 from mc.flags import FlagScanner, scanner_for
 from mc.git import Diff as Diff
 from mc.git import DiffScheduler, GitError, MergeResult, Repo
 from mc.git.repo import MergeRecovery, fault_point
 from mc.store import FleetLocked, LogWriteError, Store, StoreError, atomic_write, demo_scenario
+from mc.tools import safe_env
 from mc.watch import WorktreeWatcher
 
 __all__ = ["Diff", "Fleet", "FleetError", "FleetLocked", "MergeResult"]
@@ -102,6 +104,8 @@ class Fleet:
         self._flag_scanners: dict[str, FlagScanner] = {}  # agent → its scanner (which keeps per-file results)
         self._flag_next: dict[str, Diff] = {}  # agent → the newest diff its scan has not read yet
         self._flag_tasks: dict[str, asyncio.Task[None]] = {}
+        self.checks = Checks(config.checks.parallel)
+        """The agents' checks: at most [checks] parallel at once (mc/checks)."""
         self._sigchld: tuple[asyncio.AbstractEventLoop, list[asyncio.TimerHandle]] | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -240,6 +244,17 @@ class Fleet:
 
     async def _revive(self) -> None:
         """After a restart: leftover processes die, mid-turn agents become interrupted, pending approvals wait."""
+        for agent in self.agents.values():
+            if agent.check.state == "running":  # its processes die with the agent's, below
+                self._try_emit(
+                    ev.CheckFinished(
+                        agent=agent.id,
+                        check_id=agent.check.check_id,
+                        outcome="error",
+                        reason="stopped: mission control stopped while it ran",
+                        digest=agent.check.digest,
+                    )
+                )
         for agent_id, cut in sorted(self.store.repaired.items()):
             if agent_id in self.agents:
                 self._try_emit(
@@ -331,6 +346,7 @@ class Fleet:
             self._tail_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tail_task
+        await self.checks.close("mission control was closed while it ran")
         for agent_id, runner in list(self._runners.items()):
             agent = self.agents[agent_id]
             was = agent.status
@@ -396,7 +412,10 @@ class Fleet:
             raise FleetError("this fleet is open read-only (a monitor): it cannot change anything")
         self._write(event)
         self._deliver(event)
-        if isinstance(event, (ev.DiffChanged, ev.FlagsChanged, ev.Usage, ev.ApprovalRequested, ev.ApprovalResolved)):
+        if isinstance(
+            event,
+            (ev.DiffChanged, ev.FlagsChanged, ev.Usage, ev.ApprovalRequested, ev.ApprovalResolved, ev.CheckFinished),
+        ):
             self._save_state_soon()  # what `missionctl ls` shows
         if isinstance(event, ev.StatusChanged):
             self._save_state()
@@ -408,6 +427,8 @@ class Fleet:
                 self.request_diff(event.agent)
                 if event.status != "waiting":
                     self._after_turn(event.agent)
+                if event.status == "idle":
+                    self._checks_after_turn(event.agent)
 
     def _try_emit(self, event: ev.Event) -> bool:
         """`emit` where a full disk must not stop what is being done (opening, closing): False if refused."""
@@ -649,6 +670,7 @@ class Fleet:
                     "pending": int(meta.get("pending", 0)),
                     "task": str(meta.get("task", "")),
                     "flags": [dict(f) for f in meta.get("flags", []) if isinstance(f, dict)],
+                    "check": dict(meta["check"]) if isinstance(meta.get("check"), dict) else {"state": "none"},
                 }
             )
         return rows
@@ -679,6 +701,7 @@ class Fleet:
             "model": agent.model,
             "group": agent.group,
             "flags": [dataclasses.asdict(f) for f in agent.flags],
+            "check": _check_summary(agent),
         }
 
     def _cost_of(self, meta: dict[str, Any]) -> float | None:
@@ -969,6 +992,7 @@ class Fleet:
         runner = self._runners.pop(agent.id, None)
         if runner is not None:
             await runner.kill()
+        await self.checks.stop(agent.id, "the agent was killed")
         await asyncio.to_thread(self._end_processes, agent)
         if agent.status != "killed":
             self._cancel_pending(agent, "the agent was killed")
@@ -978,11 +1002,14 @@ class Fleet:
         if discard:
             await self.discard(agent.id)
 
-    async def merge(self, agent_id: str, mode: str | None = None, message: str | None = None) -> MergeResult:
+    async def merge(
+        self, agent_id: str, mode: str | None = None, message: str | None = None, *, checks: bool = True
+    ) -> MergeResult:
         """Commit the agent's work in its worktree and land it on its base branch (ff, merge or squash).
 
         A conflict is reported (MergeConflict) and changes nothing: not the base branch, not the
-        engineer's working tree."""
+        engineer's working tree. With [checks] on = "merge" the checks run first (unless the last ones passed on
+        this very diff) and a failing check stops the merge; `checks=False` merges without them."""
         self._check_writable()
         agent = self.get(agent_id)
         if agent.status in ev.ACTIVE_STATUSES:
@@ -1000,6 +1027,9 @@ class Fleet:
             or f"{agent.name}: {title[:60]}\n\n{agent.task.strip()}\n\nMerged by missionctl from {agent.branch}."
         )
         worktree = Path(agent.worktree)
+        if checks and worktree.is_dir() and self._checks_config(agent.id).on == "merge":
+            await self._checks_before_merge(agent)
+        await self.checks.stop(agent.id, "the agent is being merged")
 
         def work() -> tuple[str | None, MergeResult]:
             if not self.repo.branch_exists(agent.base_ref):
@@ -1054,6 +1084,7 @@ class Fleet:
         if agent.id in self._runners:
             runner = self._runners.pop(agent.id)
             await runner.kill()
+        await self.checks.stop(agent.id, "the agent was discarded")
         await asyncio.to_thread(self._end_processes, agent)
         ref = f"refs/mc/snapshots/{agent.id}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -1183,14 +1214,116 @@ class Fleet:
             return
         self.diffs[agent_id] = diff
         self._scan_flags(agent_id, diff)  # the text may have changed where the numbers did not
-        changed = (diff.files, diff.added, diff.removed) != (agent.diff_files, agent.lines_added, agent.lines_removed)
-        event = ev.DiffChanged(agent=agent_id, files=diff.files, added=diff.added, removed=diff.removed)
+        digest = diff_digest(diff)
+        changed = (diff.files, diff.added, diff.removed, digest) != (
+            agent.diff_files,
+            agent.lines_added,
+            agent.lines_removed,
+            agent.diff_digest,
+        )
+        event = ev.DiffChanged(agent=agent_id, files=diff.files, added=diff.added, removed=diff.removed, digest=digest)
         if not changed:
             return
         if self.readonly:
             self._deliver(event)
         else:
             self._try_emit(event)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _checks_config(self, agent_id: str) -> Any:
+        return self.config.agent_checks(self.specs.get(agent_id))
+
+    def _checkable(self, agent: Agent) -> None:
+        """Raise FleetError when the agent's checks cannot run now."""
+        if not self._checks_config(agent.id).test.strip():
+            raise FleetError('no checks to run: set [checks] test in the config (e.g. test = "python -m pytest -q")')
+        if agent.status in ("merged", "discarded"):
+            raise FleetError(f"{agent.name} is {agent.status}: there is no worktree to check")
+        if not agent.worktree or not Path(agent.worktree).is_dir():
+            raise FleetError(f"{agent.name} has no worktree to check")
+
+    async def run_checks(self, agent_id: str) -> None:
+        """Run the agent's checks now (key t), whatever [checks] on says, in place of any that still run. They
+        run in the background: CheckStarted and CheckFinished follow; `wait_checks` waits for the result."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        self._checkable(agent)
+        self._start_check(agent.id, "manual")
+
+    async def wait_checks(self, agent_id: str) -> CheckState:
+        """Wait until the agent's running check (if any) has finished, and return its check state."""
+        agent = self.get(agent_id)
+        await self.checks.wait(agent.id)
+        return agent.check
+
+    async def fix_checks(self, agent_id: str) -> str:
+        """Send the failing tests and what they printed back to the agent as one redirect (key f). Returns the
+        text sent."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        check = agent.check
+        if check.state not in ("failed", "error"):
+            what = "are running" if check.state == "running" else f"did not fail ({check.summary()})"
+            raise FleetError(f"{agent.name}'s checks {what}: there is nothing to send back")
+        text = await asyncio.to_thread(fix_message, check, agent.check_stale)
+        await self.redirect(agent.id, text)
+        return text
+
+    def _checks_after_turn(self, agent_id: str) -> None:
+        """A turn ended: with [checks] on = "idle", check the diff if it changed since the last check."""
+        agent = self.agents.get(agent_id)
+        cfg = self._checks_config(agent_id)
+        if agent is None or self.readonly or cfg.on != "idle" or not cfg.test.strip():
+            return
+        if not agent.worktree or not Path(agent.worktree).is_dir():
+            return
+        with contextlib.suppress(RuntimeError):  # no loop: nothing is checked
+            self._start_check(agent_id, "idle", only_if_changed=True)
+
+    def _start_check(self, agent_id: str, trigger: str, *, only_if_changed: bool = False) -> asyncio.Task[Any]:
+        return self.checks.start(agent_id, self._check_job(agent_id, trigger, only_if_changed))
+
+    async def _check_job(self, agent_id: str, trigger: str, only_if_changed: bool) -> ev.CheckFinished | None:
+        agent = self.agents[agent_id]
+        try:
+            diff = await self.refresh_diff(agent_id)  # the diff as the check will see it, not as last seen
+        except (GitError, OSError, FleetError) as exc:
+            self._try_emit(ev.ErrorEvent(agent=agent_id, message=f"checks did not run: the diff failed: {exc}"))
+            return None
+        digest = diff_digest(diff)
+        if only_if_changed and (not diff.files or digest == agent.check.digest):
+            return None
+        changed, deleted = changed_paths(diff.files, diff.text)
+        return await check_agent(
+            agent_id=agent_id,
+            cfg=self._checks_config(agent_id),
+            worktree=Path(agent.worktree),
+            changed=changed,
+            deleted=deleted,
+            digest=digest,
+            trigger=trigger,
+            tools=self.config.tools,
+            env=safe_env(self.config.tools.pass_env),
+            tag=self._tag(agent_id),
+            folder=self.state_dir / "agents" / agent_id / "checks",
+            checks=self.checks,
+            emit=self._try_emit,
+        )
+
+    async def _checks_before_merge(self, agent: Agent) -> None:
+        """[checks] on = "merge": the checks pass on this diff, or FleetError says which fail."""
+        digest = diff_digest(await self.refresh_diff(agent.id))
+        if not (agent.check.state in ("passed", "none") and agent.check.digest == digest and agent.check.check_id):
+            await self.checks.stop(agent.id, "a merge checks the diff again")
+            await self._start_check(agent.id, "merge")
+        check = agent.check
+        if check.state in ("passed", "none"):
+            return
+        names = ", ".join(check.failing[:3]) + (" …" if len(check.failing) > 3 else "")
+        raise FleetError(
+            f"merge of {agent.name} stopped, nothing changed: its checks {check.summary().lstrip('✗ ')}"
+            f"{': ' + names if names else ''}; fix them (f sends them back to the agent), or merge without checks"
+        )
 
     # -- risk flags ------------------------------------------------------------------------------
     def _scan_flags(self, agent_id: str, diff: Diff) -> None:
@@ -1282,6 +1415,7 @@ class Fleet:
                 "group": agent.group,
                 "pending": len(agent.pending),
                 "flags": [dataclasses.asdict(f) for f in agent.flags],
+                "check": _check_summary(agent),
             }
         demo = {"scenario": self.demo_scenario} if self.demo_scenario else None
         try:
@@ -1291,6 +1425,34 @@ class Fleet:
             self._retry_soon()
         else:
             self._state_unsaved = False
+
+
+def diff_digest(diff: Diff) -> str:
+    """A hash of a diff: its files and its text (DiffChanged.digest; what makes a check stale)."""
+    h = hashlib.sha1(diff.text.encode("utf-8", errors="replace"))
+    h.update(repr([(f.path, f.status, f.added, f.removed) for f in diff.files]).encode())
+    return h.hexdigest()[:16]
+
+
+def _check_summary(agent: Agent) -> dict[str, Any]:
+    """The agent's last check as `missionctl ls --json` shows it (plain TOML/JSON values: no None)."""
+    check = agent.check
+    data: dict[str, Any] = {"state": check.state, "summary": check.summary(), "stale": agent.check_stale}
+    if check.check_id:
+        data.update(
+            check_id=check.check_id,
+            passed=check.passed,
+            failed=check.failed,
+            errors=check.errors,
+            skipped=check.skipped,
+            total=check.total,
+            failing=list(check.failing),
+            duration=check.duration,
+            reason=check.reason,
+            output=check.output,
+            selected=list(check.selected),
+        )
+    return data
 
 
 def _never_started(agent: Agent) -> bool:

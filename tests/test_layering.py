@@ -14,6 +14,7 @@ FORBIDDEN = {
     "mc.fleet": ("textual", "mc.tui", "mc.cli", "mc.server", "mc.client"),
     "mc.agents": ("textual", "mc.tui", "mc.cli", "mc.fleet"),
     "mc.tools": ("textual", "mc.tui", "mc.cli", "mc.fleet", "mc.agents"),
+    "mc.checks": ("textual", "mc.tui", "mc.cli", "mc.fleet", "mc.agents", "mc.server", "mc.client"),
     "mc.git": ("textual", "mc.tui", "mc.cli", "mc.fleet", "mc.agents", "mc.tools"),
     "mc.watch": ("textual", "mc.tui", "mc.cli", "mc.fleet", "mc.agents", "mc.tools"),
     "mc.procs": ("textual", "mc.tui", "mc.cli", "mc.fleet", "mc.agents", "mc.tools", "mc.git"),
