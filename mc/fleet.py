@@ -1278,21 +1278,32 @@ class Fleet:
         if not agent.worktree or not Path(agent.worktree).is_dir():
             return
         with contextlib.suppress(RuntimeError):  # no loop: nothing is checked
-            self._start_check(agent_id, "idle", only_if_changed=True)
+            self.checks.decide(agent_id, self._check_if_changed(agent_id))
 
-    def _start_check(self, agent_id: str, trigger: str, *, only_if_changed: bool = False) -> asyncio.Task[Any]:
-        return self.checks.start(agent_id, self._check_job(agent_id, trigger, only_if_changed))
-
-    async def _check_job(self, agent_id: str, trigger: str, only_if_changed: bool) -> ev.CheckFinished | None:
+    async def _check_if_changed(self, agent_id: str) -> None:
+        """Check the agent's diff if it is not the one its last (or running) check is about."""
+        diff = await self._diff_for_check(agent_id)
         agent = self.agents[agent_id]
+        if diff is not None and diff.files and diff_digest(diff) != agent.check.digest:
+            self._start_check(agent_id, "idle", diff)
+
+    async def _diff_for_check(self, agent_id: str) -> Diff | None:
         try:
-            diff = await self.refresh_diff(agent_id)  # the diff as the check will see it, not as last seen
+            return await self.refresh_diff(agent_id)  # the diff as the check will see it, not as last seen
         except (GitError, OSError, FleetError) as exc:
             self._try_emit(ev.ErrorEvent(agent=agent_id, message=f"checks did not run: the diff failed: {exc}"))
             return None
-        digest = diff_digest(diff)
-        if only_if_changed and (not diff.files or digest == agent.check.digest):
+
+    def _start_check(self, agent_id: str, trigger: str, diff: Diff | None = None) -> asyncio.Task[Any]:
+        """Start a check of the agent (of `diff`, or of its diff as it is then), in place of one that runs."""
+        return self.checks.start(agent_id, self._check_job(agent_id, trigger, diff))
+
+    async def _check_job(self, agent_id: str, trigger: str, diff: Diff | None) -> ev.CheckFinished | None:
+        agent = self.agents[agent_id]
+        diff = diff or await self._diff_for_check(agent_id)
+        if diff is None:
             return None
+        digest = diff_digest(diff)
         changed, deleted = changed_paths(diff.files, diff.text)
         return await check_agent(
             agent_id=agent_id,

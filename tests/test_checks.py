@@ -553,3 +553,23 @@ async def test_ls_json_shows_the_check(repo_app: Path, scripted, fleet_factory, 
     assert check["state"] == "failed" and check["summary"] == "✗ 2 of 2 failed" and check["stale"] is False
     assert set(check["failing"]) == {"tests/test_api.py::test_greet", "tests/test_text.py::test_shout"}
     assert (check["passed"], check["failed"], check["total"]) == (0, 2, 2)
+
+
+async def test_a_turn_that_leaves_the_diff_as_it_was_does_not_stop_its_running_check(
+    repo_app: Path, scripted, fleet_factory
+) -> None:
+    server = scripted(
+        {"agents": [{"name": "r", "turns": [write_turn("app/r.py", "X = 1\n"), {"say": "Ok."}, {"say": "Still ok."}]}]}
+    )
+    agent_cfg = AgentConfig(name="r", task="t", model="r", policy="never")
+    cfg = fleet_config(repo_app, server, [agent_cfg])
+    cfg.checks = ChecksConfig(test="echo checking; sleep 3; echo '1 passed, 0 failed'")
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    assert await fleet.wait_settled(30)
+    await wait_for(lambda: fleet.get("r").check.state == "running", what="the check after the first turn")
+    first = fleet.get("r").check.check_id
+    await fleet.redirect("r", "anything else?")  # a turn that changes nothing
+    assert await fleet.wait_settled(30)
+    check = await fleet.wait_checks("r")
+    assert (check.check_id, check.state, check.passed) == (first, "passed", 1)

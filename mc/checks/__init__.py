@@ -75,6 +75,8 @@ class Checks:
         self.parallel = parallel or default_parallel()
         self._slots: asyncio.Semaphore | None = None
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._deciding: dict[str, set[asyncio.Task[Any]]] = {}
+        """Per agent: what still decides whether a check starts (is the diff new since the last check?)."""
         self._stop_reasons: dict[str, str] = {}
         self.running = 0
         """Checks whose command runs now."""
@@ -110,6 +112,20 @@ class Checks:
         task.add_done_callback(done)
         return task
 
+    def decide(self, agent_id: str, job: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run `job`, which may `start` a check, without stopping the one that runs: `wait` waits for it too."""
+        task = asyncio.get_running_loop().create_task(job, name=f"should {agent_id} be checked")
+        pending = self._deciding.setdefault(agent_id, set())
+        pending.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            pending.discard(t)
+            if not pending and self._deciding.get(agent_id) is pending:
+                del self._deciding[agent_id]
+
+        task.add_done_callback(done)
+        return task
+
     def task(self, agent_id: str) -> asyncio.Task[Any] | None:
         return self._tasks.get(agent_id)
 
@@ -128,14 +144,27 @@ class Checks:
             await task
 
     async def wait(self, agent_id: str) -> None:
-        """Wait until the agent's check (the one running now, and any that replaces it) has ended."""
-        while (task := self._tasks.get(agent_id)) is not None:
+        """Wait until the agent's check (the one running now, any that replaces it, and any that a pending
+        decision starts) has ended."""
+        while True:
+            pending = list(self._deciding.get(agent_id, ()))
+            if pending:
+                await asyncio.wait(pending)
+                continue
+            task = self._tasks.get(agent_id)
+            if task is None:
+                return
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.shield(task)
-            if self._tasks.get(agent_id) is task:
-                break
+            if self._tasks.get(agent_id) is task and not self._deciding.get(agent_id):
+                return
 
     async def close(self, reason: str) -> None:
+        for pending in list(self._deciding.values()):
+            for task in list(pending):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         for agent_id in list(self._tasks):
             await self.stop(agent_id, reason)
 
