@@ -239,6 +239,15 @@ async def _ls(cfg: Config) -> list[dict[str, Any]]:
         fleet.repo.close()
 
 
+def _checks_cell(check: dict[str, Any]) -> str:
+    """The CHECKS column of `ls`: "✓ 12 passed", "✗ 2 of 14 failed (stale)", "— no checks"."""
+    text = str(check.get("summary") or "— no checks")
+    if check.get("state", "none") == "none":
+        text = "— no checks"
+    stale = " (stale)" if check.get("stale") else ""
+    return text[: 24 - len(stale)] + stale
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.config)
     rows = asyncio.run(_ls(cfg))
@@ -249,11 +258,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("no agents yet: start some with `missionctl run` or `missionctl` (n)")
         return 0
     width = max(len(r["name"]) for r in rows)
-    print(f"{'NAME':<{width}}  {'STATUS':<11} {'FILES':>5} {'+/-':>11} {'TOKENS':>8}  BRANCH")
+    print(f"{'NAME':<{width}}  {'STATUS':<11} {'FILES':>5} {'+/-':>11} {'TOKENS':>8}  {'CHECKS':<24}  BRANCH")
     for r in rows:
         pm = f"+{r['added']}/-{r['removed']}"
         status = r["status"] + ("*" if r["pending"] else "")
-        print(f"{r['name']:<{width}}  {status:<11} {r['files_changed']:>5} {pm:>11} {r['tokens']:>8}  {r['branch']}")
+        checks = _checks_cell(r.get("check") or {})
+        print(
+            f"{r['name']:<{width}}  {status:<11} {r['files_changed']:>5} {pm:>11} {r['tokens']:>8}  {checks:<24}  "
+            f"{r['branch']}"
+        )
     if any(r["pending"] for r in rows):
         print("* an approval waits for your decision: open `missionctl` here to answer it")
     return 0

@@ -553,6 +553,9 @@ async def test_ls_json_shows_the_check(repo_app: Path, scripted, fleet_factory, 
     assert check["state"] == "failed" and check["summary"] == "✗ 2 of 2 failed" and check["stale"] is False
     assert set(check["failing"]) == {"tests/test_api.py::test_greet", "tests/test_text.py::test_shout"}
     assert (check["passed"], check["failed"], check["total"]) == (0, 2, 2)
+    table = subprocess.run([sys.executable, "-m", "mc", "ls", "--config", str(config)], capture_output=True, text=True)
+    header, row = table.stdout.splitlines()[:2]
+    assert "CHECKS" in header and "✗ 2 of 2 failed" in row
 
 
 async def test_a_turn_that_leaves_the_diff_as_it_was_does_not_stop_its_running_check(
