@@ -196,8 +196,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args.config)
     _check_run(cfg)
     if args.headless:
-        return asyncio.run(_run_headless(cfg))
+        return _headless(cfg, _server_argv(cfg))
     return _tui(cfg, spawn_configured=True)
+
+
+def _server_argv(cfg: Config) -> list[str]:
+    """How a fleet server finds this config: its file, or (none) the repository's own from its folder."""
+    return ["--config", str(Path(cfg.source).resolve())] if cfg.source else []
+
+
+def _headless(cfg: Config, argv: list[str], *, spawn: bool = True) -> int:
+    from mc.client import ClientError
+    from mc.commands import run_headless
+
+    try:
+        return asyncio.run(run_headless(cfg, argv, spawn=spawn))
+    except ClientError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _tui(cfg: Config, **kwargs: Any) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import subprocess
 import sys
@@ -232,3 +234,71 @@ def register(
         "--all", action="store_true", help="with --follow, start from the first event the server keeps (default: now)"
     )
     p.set_defaults(func=wrap(cmd_events))
+
+
+async def run_headless(cfg: Config, argv: list[str], *, spawn: bool = True, out: Any = None) -> int:
+    """`run --headless` as a client: start the config's agents in the fleet server (started if needed), print
+    every event as a JSON line, and exit once every agent is idle, waiting, done or failed. The fleet keeps
+    running: a question asked now can be answered later (`missionctl approve NAME`, or the window)."""
+    import signal
+
+    from mc.client import FleetClient, ensure_server
+
+    out = out or sys.stdout
+    socket = await ensure_server(state_dir(cfg), argv)
+    client = FleetClient(socket, reconnect=False)
+    await client.connect(follow=False)
+    for notice in client.info.get("notices") or []:
+        print(f"missionctl: {notice}", file=sys.stderr)
+    since = client.seq
+    end: list[int] = []
+    stop = asyncio.Event()
+
+    async def follow() -> None:
+        async for seq, event in client.events(since=since, follow=True):
+            client._apply(event)
+            if event.type not in ("conversation", "runner_state"):
+                out.write(json.dumps(event.to_dict(), ensure_ascii=False, default=str) + "\n")
+                out.flush()
+            if end and seq >= end[0]:
+                return
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    printer = asyncio.create_task(follow())
+    try:
+        if spawn:
+            specs = [dataclasses.asdict(spec) for spec in cfg.agents]
+            await client.request("POST", "/v1/spawn-configured", {"agents": specs})
+        settle = asyncio.create_task(client.request("POST", "/v1/settle"))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({settle, stopper, printer}, return_when=asyncio.FIRST_COMPLETED)
+        if settle.done() and not settle.cancelled():
+            end.append(int(settle.result()["seq"]))
+            if client.seq >= end[0] or printer.done():
+                printer.cancel()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(printer), 10)
+        for task in (settle, stopper, printer):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await printer
+        await client._snapshot()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await client.close()
+    agents = client.list()
+    failed = [a for a in agents if a.status == "failed"]
+    for agent in failed:
+        why = " ".join((agent.error or agent.status_reason or "no reason was given").split())
+        sys.stderr.write(f"missionctl: {agent.name} failed: {why}\n")
+    waiting = [a.name for a in agents if a.pending]
+    if waiting:
+        sys.stderr.write(
+            f"missionctl: waiting for your decision: {', '.join(waiting)} (the fleet keeps running: "
+            "`missionctl approve NAME`, `deny NAME` or `missionctl` to answer; `missionctl stop` ends it)\n"
+        )
+    return 1 if failed else 0

@@ -745,11 +745,12 @@ class Fleet:
     def _tag(self, agent_id: str) -> str:
         return f"mc-{self._fleet_key}-{agent_id}"
 
-    async def spawn_configured(self) -> list[Agent]:
-        """Spawn every agent of the config that this fleet does not have yet (or that failed before it had a
-        worktree). One that cannot start is recorded as failed, with the reason; the others start all the same."""
+    async def spawn_configured(self, specs: list[AgentConfig] | None = None) -> list[Agent]:
+        """Spawn every agent of the config (or of `specs`: a client's config, read after this fleet opened) that
+        this fleet does not have yet (or that failed before it had a worktree). One that cannot start is recorded
+        as failed, with the reason; the others start all the same."""
         spawned = []
-        for spec in self.config.agents:
+        for spec in self.config.agents if specs is None else specs:
             known = self.agents.get(spec.name)
             if known is not None and not _never_started(known):
                 continue

@@ -93,3 +93,49 @@ async def fleet_factory() -> AsyncIterator[Callable[..., Any]]:
     for fleet in reversed(fleets):
         if fleet._opened:
             await fleet.close()
+
+
+def fleet_servers(root: Path) -> list[Any]:
+    """The live `missionctl serve` processes whose repository is under `root` (psutil processes)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if proc.info["status"] == psutil.STATUS_ZOMBIE or "serve" not in cmd or "mc" not in cmd:
+                continue
+            if str(proc.info["cwd"] or "").startswith(str(root)):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def end_fleet_servers(root: Path, *, kill: bool = False) -> int:
+    """Stop the fleet servers of repositories under `root` (SIGTERM: agents end as interrupted; kill: SIGKILL,
+    as a crash would). Returns how many there were."""
+    import signal
+
+    import psutil
+
+    servers = fleet_servers(root)
+    for proc in servers:
+        try:
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        except psutil.NoSuchProcess:
+            continue
+    return len(servers)
+
+
+@pytest.fixture(autouse=True)
+def _no_fleet_server_outlives_its_test(tmp_path: Path) -> Iterator[None]:
+    """A `missionctl` command starts a detached fleet server that runs until told to stop: end the ones a test
+    started in its temporary folder, so none piles up across the suite."""
+    yield
+    end_fleet_servers(tmp_path)

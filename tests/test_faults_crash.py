@@ -23,10 +23,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mc import events as ev
 from mc import procs
 from mc.config import load_config
-from tests.conftest import git, make_repo
+from tests.conftest import end_fleet_servers, git, make_repo
 from tests.test_fleet import shell_turn, write_turn
 
 FULL = os.environ.get("MC_FAULTS_FULL") == "1"
@@ -70,8 +72,9 @@ def write_config(path: Path, repo: Path, worktrees: Path, base_url: str) -> Path
     return path
 
 
-def run_and_kill(config: Path, delay: float) -> list[str]:
-    """Start a headless fleet, SIGKILL it after `delay` seconds, and return the complete lines it printed."""
+def run_and_kill(config: Path, delay: float, repo: Path) -> list[str]:
+    """Start a headless fleet, SIGKILL its server (and the client) after `delay` seconds, and return the
+    complete lines the client printed."""
     child = subprocess.Popen(
         [sys.executable, "-m", "mc", "run", "--headless", "--config", str(config)],
         cwd=ROOT,
@@ -84,8 +87,11 @@ def run_and_kill(config: Path, delay: float) -> list[str]:
     reader = threading.Thread(target=lambda: lines.extend(iter(child.stdout.readline, b"")), daemon=True)
     reader.start()
     time.sleep(delay)
+    end_fleet_servers(repo, kill=True)  # the fleet dies: the process that owns the agents
     child.send_signal(signal.SIGKILL)
     child.wait()
+    time.sleep(0.2)
+    end_fleet_servers(repo, kill=True)  # one that was still starting when the client died
     reader.join(10)
     child.stdout.close()
     return [line.decode() for line in lines if line.endswith(b"\n")]
@@ -95,6 +101,7 @@ def canonical(data: dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
 
+@pytest.mark.timeout(400)  # each kill starts a fleet server process and opens the fleet again
 async def test_sigkill_at_random_moments_loses_nothing_that_was_shown(
     tmp_path: Path, scripted: Any, fleet_factory: Any
 ):
@@ -107,7 +114,7 @@ async def test_sigkill_at_random_moments_loses_nothing_that_was_shown(
         where = f"kill {i} (MC_FAULTS_SEED={seed})"
         repo = make_repo(tmp_path / f"r{i}")
         config = write_config(tmp_path / f"mc{i}.toml", repo, tmp_path / f"wt{i}", server.base_url)
-        printed = run_and_kill(config, rng.uniform(0.4, 3.0))
+        printed = run_and_kill(config, rng.uniform(0.4, 3.0), repo)
         printed_total += len(printed)
         state_dir = repo / ".mc"
         # what the dead process logged, before anything touches it again

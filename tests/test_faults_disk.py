@@ -32,7 +32,7 @@ from mc import events as ev
 from mc import procs
 from mc.config import AgentConfig, load_config
 from mc.store import Store
-from tests.conftest import fleet_config, make_repo
+from tests.conftest import end_fleet_servers, fleet_config, make_repo
 from tests.test_fleet import shell_turn, wait_for, write_turn
 
 #: The command of the agents below: says "start", waits for the test to fill the disk, then prints ~600 KB.
@@ -208,6 +208,7 @@ async def test_headless_run_on_a_full_disk_exits_with_the_agent_failed_and_the_l
 
         filler.unlink()
         assert [r["status"] for r in ls_json(repo)] == [state_status(disk, "printer")] == ["failed"]
+        assert end_fleet_servers(repo) == 1  # the headless run left its fleet running; a new owner opens it
         fleet = await fleet_factory(load_config(config))
         try:
             assert (fleet.get("printer").status, fleet.get("printer").status_reason) == ("failed", reason)

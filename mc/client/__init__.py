@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -472,7 +473,8 @@ class RemoteFleet:
 
     async def spawn_configured(self) -> list[Agent]:
         self._writable()
-        data = await self.client.request("POST", "/v1/spawn-configured")
+        agents = [dataclasses.asdict(spec) for spec in getattr(self.config, "agents", [])]
+        data = await self.client.request("POST", "/v1/spawn-configured", {"agents": agents})
         return [self.agents.get(a["id"]) or agent_from_dict(a) for a in data.get("agents", [])]
 
     async def approve(self, agent_id: str, approval_id: str | None = None, *, remember: bool = False) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -270,16 +271,18 @@ class FleetServer:
         return response
 
     async def _spawn(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        known = {"name", "task", "runner", "model", "policy", "command", "base"}
-        spec = AgentConfig(**{k: str(v) for k, v in body.items() if k in known})
+        spec = _spec(await request.json())
         if not spec.name.strip() or not spec.task.strip():
             raise FleetError("spawn needs a name and a task (--name NAME --task TEXT)")
         agent = await self.fleet.spawn(spec)
         return web.json_response({"agent": agent_to_dict(agent, 50)})
 
     async def _spawn_configured(self, request: web.Request) -> web.Response:
-        agents = await self.fleet.spawn_configured()
+        body = await request.json() if request.can_read_body else {}
+        specs = None
+        if isinstance(body, dict) and isinstance(body.get("agents"), list):  # the client's [[agents]], as it reads them
+            specs = [_spec(item) for item in body["agents"]]
+        agents = await self.fleet.spawn_configured(specs)
         return web.json_response({"agents": [agent_to_dict(a, 50) for a in agents]})
 
     async def _diff(self, request: web.Request) -> web.Response:
@@ -361,6 +364,25 @@ class FleetServer:
     async def _stop(self, request: web.Request) -> web.Response:
         asyncio.get_running_loop().call_soon(self._stopped.set)
         return web.json_response({"ok": True, "pid": os.getpid()})
+
+
+def _spec(data: Any) -> AgentConfig:
+    """An agent's config from JSON: its known fields, of the types AgentConfig declares."""
+    if not isinstance(data, dict):
+        raise ValueError("an agent is a JSON object with at least name and task")
+    fields = {f.name: f for f in dataclasses.fields(AgentConfig)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields or value is None:
+            continue
+        default = fields[key].default
+        if isinstance(default, bool):
+            kwargs[key] = bool(value)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            kwargs[key] = type(default)(value)
+        else:
+            kwargs[key] = value if not isinstance(default, str) else str(value)
+    return AgentConfig(**kwargs)
 
 
 def _error(status: int, message: str) -> web.Response:
