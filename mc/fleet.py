@@ -41,6 +41,16 @@ __all__ = ["Diff", "Fleet", "FleetError", "FleetLocked", "MergeResult"]
 SETTLED = frozenset({"idle", "interrupted", "failed", "killed"})
 
 
+#: Events that change what `missionctl ls` shows of an agent (besides its status).
+_SHOWN_BY_LS = (
+    ev.DiffChanged,
+    ev.FlagsChanged,
+    ev.Usage,
+    ev.ApprovalRequested,
+    ev.ApprovalResolved,
+    ev.CheckStarted,
+    ev.CheckFinished,
+)
 #: Seconds between two attempts to write what a full disk refused (the failure of an agent, state.toml).
 RETRY_WRITES = 1.0
 #: Seconds after a change of an agent's numbers (diff, tokens, approvals) before state.toml is written.
@@ -412,10 +422,7 @@ class Fleet:
             raise FleetError("this fleet is open read-only (a monitor): it cannot change anything")
         self._write(event)
         self._deliver(event)
-        if isinstance(
-            event,
-            (ev.DiffChanged, ev.FlagsChanged, ev.Usage, ev.ApprovalRequested, ev.ApprovalResolved, ev.CheckFinished),
-        ):
+        if isinstance(event, _SHOWN_BY_LS):
             self._save_state_soon()  # what `missionctl ls` shows
         if isinstance(event, ev.StatusChanged):
             self._save_state()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from dataclasses import fields
@@ -576,3 +577,13 @@ async def test_a_turn_that_leaves_the_diff_as_it_was_does_not_stop_its_running_c
     assert await fleet.wait_settled(30)
     check = await fleet.wait_checks("r")
     assert (check.check_id, check.state, check.passed) == (first, "passed", 1)
+
+
+async def test_a_check_runs_below_mission_controls_own_priority(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "repo", APP)
+    probe = "import os; print('niceness', os.nice(0))"
+    plan = await plan_check(ChecksConfig(test=f"{sys.executable} -c {probe!r}"), root, [], tag="mc-t", env=safe_env([]))
+    out = tmp_path / "check.log"
+    report = await run_check(plan, root, tools=ToolsConfig(), timeout=60, env=safe_env([]), tag="mc-t", output=out)
+    assert report.outcome == "passed"
+    assert f"niceness {min(os.nice(0) + 10, 19)}\n" in out.read_text()

@@ -10,6 +10,7 @@ pytest, no changes, a changed pyproject.toml …) the whole `test` runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -23,6 +24,8 @@ from mc.checks import affected as affected_module
 from mc.checks.affected import Selection
 from mc.config import ChecksConfig
 
+#: How much lower than mission control's own the priority of the import-graph process is (see nice(1)).
+NICENESS = 10
 #: Seconds the import-graph process may take before the whole test command runs instead.
 SELECT_TIMEOUT = 120.0
 _OPERATORS = frozenset({"&&", "||", ";", "|", "&", "(", ")", ">", ">>", "<", "2>", "2>&1"})
@@ -79,6 +82,8 @@ async def select_affected(
     proc = await procs.start(
         argv, cwd=worktree, env=small_env, tag=f"{tag}/select-{uuid.uuid4().hex[:8]}", stdin=True, stderr="separate"
     )
+    with contextlib.suppress(OSError):  # background work, as the check itself (mc/checks/run.py)
+        os.setpriority(os.PRIO_PROCESS, proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS)
     try:
         await proc.write(request)
         proc.close_stdin()

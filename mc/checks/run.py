@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from mc.checks.plan import Plan
+from mc.checks.plan import NICENESS, Plan
 from mc.checks.results import MAX_FAILING, Counts, failure_report, parse_output
 from mc.config import ToolsConfig
 from mc.tools import Workspace, run_tool
@@ -122,6 +122,9 @@ async def run_check(
     """Run `plan.command` in `worktree` and read its result. `output`: the file that keeps what it printed."""
     marker = f"mc-check-junit-{uuid.uuid4().hex}"
     command = with_junit(plan.command, marker) if plan.pytest else plan.command
+    # Checks are background work: below the agents' own commands and mission control itself, so that a fleet's
+    # worth of test runs cannot make the screen or the keys wait (children inherit the niceness).
+    command = f"renice -n {NICENESS} -p $$ >/dev/null 2>&1; {command}"
     env = {**env, "PYTHONDONTWRITEBYTECODE": "1", "NO_COLOR": "1", "PY_COLORS": "0"}
     cfg = dataclasses.replace(tools, shell_timeout=timeout, max_output=4000)
     out = _Output(output, marker)
