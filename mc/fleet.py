@@ -1239,7 +1239,12 @@ class Fleet:
 
     # -- checks ----------------------------------------------------------------------------------
     def _checks_config(self, agent_id: str) -> Any:
-        return self.config.agent_checks(self.specs.get(agent_id))
+        """[checks] with the agent's [agents.checks]: from the spec it was spawned with, else from the config's
+        [[agents]] table of its name (a restart rebuilds specs from state.toml, which does not keep them)."""
+        spec = self.specs.get(agent_id)
+        if spec is None or not spec.checks:
+            spec = next((a for a in self.config.agents if a.name == agent_id), spec)
+        return self.config.agent_checks(spec)
 
     def _checkable(self, agent: Agent) -> None:
         """Raise FleetError when the agent's checks cannot run now."""

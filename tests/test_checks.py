@@ -587,3 +587,17 @@ async def test_a_check_runs_below_mission_controls_own_priority(tmp_path: Path) 
     report = await run_check(plan, root, tools=ToolsConfig(), timeout=60, env=safe_env([]), tag="mc-t", output=out)
     assert report.outcome == "passed"
     assert f"niceness {min(os.nice(0) + 10, 19)}\n" in out.read_text()
+
+
+async def test_an_agents_own_checks_hold_after_a_restart(repo_app: Path, scripted, fleet_factory) -> None:
+    server = scripted({"agents": [{"name": "o", "turns": [write_turn("app/o.py", "X = 1\n"), {"say": "Ok."}]}]})
+    agent_cfg = AgentConfig(name="o", task="t", model="o", policy="never", checks={"test": "echo '3 passed, 0 failed'"})
+    cfg = checks_config(repo_app, server, [agent_cfg], on="manual")
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn_configured()
+    assert await fleet.wait_settled(30)
+    await fleet.close()
+    again = await fleet_factory(cfg)
+    await again.run_checks("o")
+    check = await again.wait_checks("o")
+    assert (check.command, check.state, check.passed) == ("echo '3 passed, 0 failed'", "passed", 3)
