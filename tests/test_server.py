@@ -196,3 +196,40 @@ async def test_kill_9_of_the_server_mid_turn_then_a_new_one_revives_the_fleet(fl
         await client.close()
     state = (repo / ".mc" / "state.toml").read_text()
     assert 'status = "interrupted"' in state
+
+
+async def test_checks_run_and_their_failure_goes_back_to_the_agent_through_the_socket(
+    tmp_path: Path, scripted: Any
+) -> None:
+    server = scripted(SCENARIO)
+    repo = make_repo(tmp_path / "repo")
+    config = {
+        "repo": {"path": ".", "worktree_dir": str(repo.parent / "worktrees")},
+        "model": {"base_url": server.base_url, "api_key_env": "", "max_retries": 1, "retry_backoff": 0.05},
+        "tools": {"sandbox": "none"},
+        "checks": {
+            "test": "echo 'FAILED tests/test_x.py::test_y'; echo '1 failed, 3 passed in 0.1s'; exit 1",
+            "on": "manual",
+        },
+    }
+    (repo / "missionctl.toml").write_text(tomli_w.dumps(config))
+    subprocess.run(["git", "-C", str(repo), "add", "missionctl.toml"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "config"], check=True)
+    done = missionctl(repo, "spawn", "--name", "writer", "--task", "write notes", "--model", "writer")
+    assert done.returncode == 0, done.stderr
+    client = FleetClient(socket_of(repo / ".mc"))
+    await client.connect()
+    try:
+        await until(lambda: bool(client.get("writer").pending), what="the question")
+        await client.approve("writer")
+        await until(lambda: client.get("writer").status == "idle", what="the writer to finish")
+        await client.run_checks("writer")
+        await until(lambda: client.get("writer").check.state == "failed", what="the check to fail")
+        assert client.get("writer").check.summary().startswith("✗ 1 of 4 failed")
+        text = await client.fix_checks("writer")
+        assert "tests/test_x.py::test_y" in text
+        await until(
+            lambda: any("These tests fail" in t for _k, t in client.get("writer").log.tail(50)), what="redirect"
+        )
+    finally:
+        await client.close()

@@ -296,11 +296,19 @@ class FleetClient:
     async def kill(self, name: str, *, discard: bool = False) -> None:
         await self._act(name, "kill", {"discard": discard})
 
-    async def merge(self, name: str, mode: str | None = None, message: str | None = None) -> dict[str, Any]:
-        return await self._act(name, "merge", {"mode": mode, "message": message})
+    async def merge(
+        self, name: str, mode: str | None = None, message: str | None = None, *, checks: bool = True
+    ) -> dict[str, Any]:
+        return await self._act(name, "merge", {"mode": mode, "message": message, "checks": checks})
 
     async def discard(self, name: str) -> str:
         return str((await self._act(name, "discard")).get("snapshot_ref") or "")
+
+    async def run_checks(self, name: str) -> None:
+        await self._act(name, "check")
+
+    async def fix_checks(self, name: str) -> str:
+        return str((await self._act(name, "fix")).get("text") or "")
 
     async def stop(self) -> None:
         """Stop the fleet server: every agent ends (mid-turn ones as interrupted), the socket goes away."""
@@ -501,13 +509,23 @@ class RemoteFleet:
         self._writable()
         await self.client.kill(agent_id, discard=discard)
 
-    async def merge(self, agent_id: str, mode: str | None = None, message: str | None = None) -> MergeOutcome:
+    async def merge(
+        self, agent_id: str, mode: str | None = None, message: str | None = None, *, checks: bool = True
+    ) -> MergeOutcome:
         self._writable()
-        return MergeOutcome(await self.client.merge(agent_id, mode, message))
+        return MergeOutcome(await self.client.merge(agent_id, mode, message, checks=checks))
 
     async def discard(self, agent_id: str) -> str:
         self._writable()
         return await self.client.discard(agent_id)
+
+    async def run_checks(self, agent_id: str) -> None:
+        self._writable()
+        await self.client.run_checks(agent_id)
+
+    async def fix_checks(self, agent_id: str) -> str:
+        self._writable()
+        return await self.client.fix_checks(agent_id)
 
     async def stop(self) -> None:
         """Stop the fleet server itself: every agent ends."""

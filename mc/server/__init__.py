@@ -340,7 +340,12 @@ class FleetServer:
         elif action == "kill":
             await fleet.kill(agent.id, discard=bool(body.get("discard")))
         elif action == "merge":
-            merged = await fleet.merge(agent.id, body.get("mode") or None, body.get("message") or None)
+            merged = await fleet.merge(
+                agent.id,
+                body.get("mode") or None,
+                body.get("message") or None,
+                checks=body.get("checks", True) is not False,
+            )
             result = {
                 "ok": merged.ok,
                 "commit": merged.commit,
@@ -350,6 +355,10 @@ class FleetServer:
             }
         elif action == "discard":
             result = {"ok": True, "snapshot_ref": await fleet.discard(agent.id)}
+        elif action == "check":
+            await fleet.run_checks(agent.id)
+        elif action == "fix":
+            result = {"ok": True, "text": await fleet.fix_checks(agent.id)}
         else:
             return _error(404, f"unknown action {action!r}")
         return web.json_response(result)
