@@ -2,7 +2,10 @@
 
     python screenshots/make_screenshots.py            # writes screenshots/{fleet,zoom,approval,help}.svg
 
-and a PNG beside each SVG where `rsvg-convert` (Debian: librsvg2-bin) is installed.
+and a PNG beside each SVG where `rsvg-convert` (Debian: librsvg2-bin) is installed. The SVGs declare
+`xml:space="preserve"`: without it librsvg drops the spaces that start or end each run of text (Rich writes
+one run per colour), and the PNGs showed glued words ("? waiting0:01", "aapprove") and diff context lines
+without their leading space.
 
 The demo runs against the built-in scripted model server (no key, no network) in a throwaway folder.
 """
@@ -22,9 +25,14 @@ from mc.tui.app import MissionControl
 HERE = Path(__file__).resolve().parent
 
 
+def keep_spaces(svg: str) -> str:
+    """The SVG with its spaces kept by every renderer (librsvg strips them at the edges of each text run)."""
+    return svg if 'xml:space="preserve"' in svg else svg.replace("<svg ", '<svg xml:space="preserve" ', 1)
+
+
 async def _shoot(app: MissionControl, name: str) -> None:
     app.clear_notifications()
-    app.save_screenshot(f"{name}.svg", path=str(HERE))
+    (HERE / f"{name}.svg").write_text(keep_spaces(app.export_screenshot(title=name)))
     print(f"wrote {HERE / name}.svg")
     converter = shutil.which("rsvg-convert")
     if converter:

@@ -23,6 +23,7 @@ from mc.agent import Agent
 from mc.config import AgentConfig, Config
 from mc.fleet import Fleet, FleetError, FleetLocked
 from mc.tui.screens import (
+    DECISION_ACTIONS,
     ConfirmScreen,
     FleetScreen,
     HelpScreen,
@@ -36,10 +37,6 @@ from mc.tui.screens import (
 #: Seconds between a change and its drain into the visible panes (~4 Hz at most).
 DRAIN_INTERVAL = 0.22
 
-#: Actions that need an agent and a fleet that can be driven (off in a monitor and in dialogs).
-DECISION_ACTIONS = frozenset(
-    {"approve", "approve_all", "deny", "redirect", "interrupt", "resume", "kill", "new", "merge", "discard"}
-)
 #: Actions that make sense only on the fleet view or the zoom (not in a dialog).
 VIEW_ACTIONS = DECISION_ACTIONS | {"next_decision", "help", "quit"}
 

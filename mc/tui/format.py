@@ -9,7 +9,9 @@ word (and a glyph) always goes with it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
+from rich.cells import cell_len
 from rich.text import Text
 
 from mc.agent import Agent
@@ -39,7 +41,7 @@ STATUS_STYLE: dict[str, tuple[str, str]] = {
     "idle": ("■", "bold sky_blue1"),
     "interrupted": ("‖", f"bold {VIOLET}"),
     "merged": ("✓", ADDED),
-    "discarded": ("✗", MUTED),
+    "discarded": ("⊘", MUTED),
     "killed": ("✗", f"bold {REMOVED}"),
     "failed": ("!", FAILED_BADGE),
 }
@@ -74,6 +76,40 @@ def status_text(status: str, *, pad: int = 0) -> Text:
     glyph, style = STATUS_STYLE.get(status, ("·", "bold"))
     word = f"{glyph} {status}"
     return Text(word.ljust(pad), style=style)
+
+
+def tokens_text(agent: Agent) -> str:
+    """The agent's token count, or "—" while its runner never reported usage (unknown, not zero)."""
+    return short_number(agent.tokens) if agent.usage_reported else "—"
+
+
+def key_rows(pairs: Sequence[tuple[str, str]], width: int) -> Text:
+    """Keys and what they do ("a approve  d deny"), broken into lines of `width` only between two pairs, never
+    between a key and its word (width 0: one line)."""
+    t = Text()
+    used = 0
+    for key, label in pairs:
+        size = cell_len(key) + 1 + cell_len(label)
+        if used and width and used + 2 + size > width:
+            t.append("\n")
+            used = 0
+        elif used:
+            t.append("  ")
+            used += 2
+        t.append(key, style="bold reverse")
+        t.append(f" {label}")
+        used += size
+    return t
+
+
+def first_fitting(width: int, candidates: Sequence[Text]) -> Text:
+    """The first of `candidates` (longest first) that fits in `width` cells, else the last one cut to it."""
+    for text in candidates:
+        if text.cell_len <= width:
+            return text
+    last = candidates[-1].copy()
+    last.truncate(width, overflow="ellipsis")
+    return last
 
 
 def short_number(n: int) -> str:
@@ -125,7 +161,7 @@ def header_text(agent: Agent, now: float, *, waiting_lines: int = 0) -> Text:
     t = Text(no_wrap=True, overflow="ellipsis")
     t.append_text(status_text(agent.status))
     t.append(f" {duration(elapsed(agent, now))}")
-    t.append(f" {short_number(agent.tokens)} tok", style=MUTED)
+    t.append(f" {tokens_text(agent)} tok", style=MUTED)
     files = agent.files_changed
     t.append(f" {files} file{'s' if files != 1 else ''} ")
     t.append(f"+{agent.lines_added}", style=ADDED)

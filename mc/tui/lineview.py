@@ -3,12 +3,18 @@
 Used for agent logs (fed in batches by the app's drain timer) and for diffs (thousands of lines, each
 coloured by its first character). Lines are plain strings with a style name; rich `Text` is built only for
 the rows on screen, and control characters never reach the terminal.
+
+A view either cuts long lines at its edge with a "…" (the fleet's panes: one row per line), or wraps them
+(the zoom and the merge dialog: every character can be read). A wrapping view keeps the row at which each
+line starts, so that it still renders only the rows on screen.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 
+from rich.cells import cell_len, chop_cells
 from rich.text import Text
 from textual.binding import Binding
 from textual.geometry import Size
@@ -35,6 +41,9 @@ class LineView(ScrollView, can_focus=True):
         overflow-y: auto;
         scrollbar-size-vertical: 1;
     }
+    LineView.-wrap {
+        scrollbar-gutter: stable;  /* the width lines wrap at does not change when the scrollbar comes */
+    }
     """
 
     class FollowChanged(Message):
@@ -54,6 +63,7 @@ class LineView(ScrollView, can_focus=True):
         styles: dict[str, str] | None = None,
         max_lines: int = 5000,
         follow: bool = True,
+        wrap: bool = False,
         id: str | None = None,
         classes: str | None = None,
     ) -> None:
@@ -65,6 +75,11 @@ class LineView(ScrollView, can_focus=True):
         self.follow = follow
         self.waiting = 0
         """Lines written while not following (shown as "N new")."""
+        self.wrap = wrap
+        self.set_class(wrap, "-wrap")
+        self._starts: list[int] = [0]
+        """wrap: the row at which each of `_lines` starts, and after the last the row after it."""
+        self._starts_width = 0
 
     # -- content ---------------------------------------------------------------------------------
     @property
@@ -74,6 +89,37 @@ class LineView(ScrollView, can_focus=True):
     @property
     def line_count(self) -> int:
         return len(self._lines) + len(self._partial)
+
+    @property
+    def row_count(self) -> int:
+        """Rows the content takes: one per line, more for the lines a wrapping view wraps."""
+        if not self.wrap:
+            return self.line_count
+        self._update_starts()
+        width = self._wrap_width()
+        return self._starts[-1] + sum(_rows(text, width) for _, text in self._partial)
+
+    def _wrap_width(self) -> int:
+        return max(1, self.scrollable_content_region.width)
+
+    def _update_starts(self, appended: int = 0) -> None:
+        """Bring the row table up to date: for the last `appended` lines only when the rest is, else all."""
+        width = self._wrap_width()
+        known = len(self._starts) - 1
+        if width == self._starts_width and known == len(self._lines):
+            return
+        if width == self._starts_width and appended and known == len(self._lines) - appended:
+            row = self._starts[-1]
+            for _, text in self._lines[known:]:
+                row += _rows(text, width)
+                self._starts.append(row)
+            return
+        self._starts_width = width
+        starts, row = [0], 0
+        for _, text in self._lines:
+            row += _rows(text, width)
+            starts.append(row)
+        self._starts = starts
 
     def plain_text(self) -> str:
         """Everything in the view as plain text (for tests and copying)."""
@@ -87,6 +133,7 @@ class LineView(ScrollView, can_focus=True):
         """Replace the content (scroll position: the end when following, else kept)."""
         self._lines = self._prepared(lines)[-self.max_lines :]
         self._partial = self._prepared(partial)
+        self._starts, self._starts_width = [0], 0  # the row table is rebuilt when next needed
         self.waiting = 0
         self._changed(0)
 
@@ -94,17 +141,22 @@ class LineView(ScrollView, can_focus=True):
         """Append a batch of lines; `partial` replaces the unfinished lines shown after them."""
         new = self._prepared(lines)
         self._lines.extend(new)
+        if self.wrap:
+            self._update_starts(appended=len(new))
         extra = len(self._lines) - self.max_lines
         if extra > 0:
+            gone = self._starts[extra] if self.wrap else extra
             del self._lines[:extra]
+            if self.wrap:
+                self._starts = [row - gone for row in self._starts[extra:]]
             if not self.follow:
-                self.scroll_to(y=max(0, self.scroll_y - extra), animate=False, immediate=True)
+                self.scroll_to(y=max(0, self.scroll_y - gone), animate=False, immediate=True)
         if partial is not None:
             self._partial = self._prepared(partial)
         self._changed(len(new))
 
     def _changed(self, added: int) -> None:
-        self.virtual_size = Size(max(1, self.scrollable_content_region.width), self.line_count)
+        self.virtual_size = Size(max(1, self.scrollable_content_region.width), self.row_count)
         if self.follow:
             self._to_end()
         elif added:
@@ -135,25 +187,81 @@ class LineView(ScrollView, can_focus=True):
         self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
 
     def on_resize(self) -> None:
-        self.virtual_size = Size(max(1, self.scrollable_content_region.width), self.line_count)
+        self.virtual_size = Size(max(1, self.scrollable_content_region.width), self.row_count)
         if self.follow:
             self.call_after_refresh(lambda: self.follow and self._to_end())
 
     # -- rendering -------------------------------------------------------------------------------
     def render_line(self, y: int) -> Strip:
-        index = int(self.scroll_y) + y
+        row = self.scroll_offset.y + y  # rounded, as ScrollView rounds when it decides to repaint
         width = self.scrollable_content_region.width
         base = self.rich_style
-        n = len(self._lines)
-        if index < n:
-            style, text = self._lines[index]
-        elif index - n < len(self._partial):
-            style, text = self._partial[index - n]
-        else:
+        found = self._row(row, width) if self.wrap else self._line(row)
+        if found is None:
             return Strip.blank(width, base)
+        style, text, piece = found
+        if self.wrap:
+            text = _piece(text, width, piece)
         line = Text(text, no_wrap=True, end="")
         if style:
             line.stylize(style)  # a span: Text.render() drops a Text's own base style
-        line.truncate(width)
+        line.truncate(width, overflow="ellipsis")
         segments = list(line.render(self.app.console))
         return Strip(segments).apply_style(base).crop_extend(0, width, base)
+
+    def _line(self, index: int) -> tuple[str, str, int] | None:
+        n = len(self._lines)
+        if index < n:
+            return (*self._lines[index], 0)
+        if index - n < len(self._partial):
+            return (*self._partial[index - n], 0)
+        return None
+
+    def _row(self, row: int, width: int) -> tuple[str, str, int] | None:
+        """(style, text, which piece of the wrapped line) shown at `row` of a wrapping view."""
+        self._update_starts()
+        starts = self._starts
+        if row < starts[-1]:
+            index = bisect_right(starts, row) - 1
+            return (*self._lines[index], row - starts[index])
+        row -= starts[-1]
+        for style, text in self._partial:
+            rows = _rows(text, width)
+            if row < rows:
+                return style, text, row
+            row -= rows
+        return None
+
+
+def _rows(text: str, width: int) -> int:
+    """Rows a line takes when wrapped at `width` cells."""
+    if len(text) <= width:  # the common case: a short line (its cells are never fewer than its characters)
+        return 1 if text.isascii() or cell_len(text) <= width else len(_pieces(text, width))
+    return len(_pieces(text, width))
+
+
+def _piece(text: str, width: int, index: int) -> str:
+    """The `index`-th row of `text` wrapped at `width` cells."""
+    pieces = _pieces(text, width)
+    return pieces[index] if index < len(pieces) else ""
+
+
+def _pieces(text: str, width: int) -> list[str]:
+    """`text` wrapped at `width` cells: after the last space of a row when there is one in its second half,
+    else at the width (a long word, a path, a row of dashes)."""
+    if not text.isascii():
+        return chop_cells(text, width) or [""]
+    pieces = []
+    start = 0
+    while len(text) - start > width:
+        if text[start + width] == " ":  # a word ends at the edge: the space between the rows goes
+            pieces.append(text[start : start + width])
+            start += width + 1
+            continue
+        cut = text.rfind(" ", start + width // 2, start + width)
+        end = cut + 1 if cut >= 0 else start + width
+        pieces.append(text[start:end])
+        start = end
+    if start < len(text) or not pieces:
+        pieces.append(text[start:])
+    return pieces

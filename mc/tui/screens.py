@@ -16,6 +16,7 @@ from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
+from textual.widgets._footer import FooterKey
 
 from mc.agent import Agent
 from mc.config import APPROVE_POLICIES, RUNNERS, AgentConfig
@@ -29,17 +30,81 @@ from mc.tui.format import (
     YELLOW,
     clean,
     diff_lines,
+    first_fitting,
     header_text,
 )
 from mc.tui.lineview import LineView
-from mc.tui.widgets import AgentList, AgentPane, ApprovalBox, LogFeed, SummaryBar
+from mc.tui.widgets import AgentList, AgentPane, ApprovalBox, LogFeed, SummaryBar, proposal_lines
+
+#: Actions that need an agent and a fleet that can be driven (a monitor says where to take them instead).
+DECISION_ACTIONS = frozenset(
+    {"approve", "approve_all", "deny", "redirect", "interrupt", "resume", "kill", "new", "merge", "discard"}
+)
+
+#: Which footer items yield first when the line is short (higher goes first); help and quit never do, and
+#: the help lists every key.
+FOOTER_YIELDS = {"quit": 0, "help": 0, "next_decision": 1, "approve": 1, "deny": 1, "redirect": 1, "back": 1}
+FOOTER_YIELDS_DEFAULT = 2
+FOOTER_YIELDS_FIRST = {"interrupt": 4, "history": 4, "new": 3, "zoom": 2, "merge": 2}
+PALETTE_HINT_MIN_WIDTH = 120
 
 
 class NarrowFooter(Footer):
-    """The footer; below 120 columns it drops the command palette hint, which would cover the last keys."""
+    """The footer, with whole items only: when they do not fit, the least needed ones go (see FOOTER_YIELDS)
+    instead of the last ones being cut; below 120 columns the command palette hint goes too. In a read-only
+    monitor the decision keys are not offered."""
+
+    def compose(self) -> ComposeResult:
+        if not self._bindings_ready:
+            return
+        app: Any = self.app
+        width = app.size.width
+        monitor = bool(getattr(app, "monitor", False))
+        items: list[tuple[Binding, bool, str, str]] = []
+        seen: set[str] = set()
+        for _node, binding, enabled, tooltip in self.screen.active_bindings.values():
+            if not binding.show or binding.action in seen or (monitor and binding.action in DECISION_ACTIONS):
+                continue
+            seen.add(binding.action)
+            items.append((binding, enabled, tooltip, app.get_key_display(binding)))
+        palette = width >= PALETTE_HINT_MIN_WIDTH and app.ENABLE_COMMAND_PALETTE
+        budget = width - (14 if palette else 0)
+        sizes = [len(key) + 1 + len(binding.description) + 1 for binding, _, _, key in items]
+
+        def yields(index: int) -> tuple[int, int]:
+            binding_id = items[index][0].id or ""
+            rank = FOOTER_YIELDS.get(binding_id, FOOTER_YIELDS_FIRST.get(binding_id, FOOTER_YIELDS_DEFAULT))
+            return rank, index
+
+        kept = set(range(len(items)))
+        while sum(sizes[i] for i in kept) > budget:
+            candidates = [i for i in kept if yields(i)[0] > 0]
+            if not candidates:
+                break
+            kept.discard(max(candidates, key=yields))
+        for index, (binding, enabled, tooltip, key) in enumerate(items):
+            if index in kept:
+                yield FooterKey(
+                    binding.key, key, binding.description, binding.action, disabled=not enabled, tooltip=tooltip
+                ).data_bind(compact=Footer.compact)
+        if palette:
+            try:
+                _node, binding, enabled, tooltip = self.screen.active_bindings[app.COMMAND_PALETTE_BINDING]
+            except KeyError:
+                return
+            yield FooterKey(
+                binding.key,
+                app.get_key_display(binding),
+                binding.description,
+                binding.action,
+                classes="-command-palette",
+                disabled=not enabled,
+                tooltip=binding.tooltip or binding.description,
+            )
 
     def on_resize(self) -> None:
-        self.show_command_palette = self.size.width >= 120
+        if self.is_attached and self._bindings_ready:
+            self.call_after_refresh(self.recompose)
 
 
 if TYPE_CHECKING:
@@ -69,25 +134,35 @@ def grid_shape(n: int, width: int, height: int) -> tuple[int, int] | None:
 
 
 class TopBar(Static):
-    """The title line: repository and base branch, and MONITOR when this is a read-only view."""
+    """The title line: repository and base branch, and MONITOR when this is a read-only view. When short of
+    room, the monitor's explanation yields first, then the base branch; MONITOR itself stays."""
 
     def show(self, app: MissionControl, extra: str = "") -> None:
-        t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(" missionctl ", style="bold reverse")
         fleet = app.fleet
-        if fleet is not None:
-            t.append(f" {fleet.root.name}", style="bold")
-            if fleet.base_branch:
-                t.append(f" ({fleet.base_branch})", style=MUTED)
+        repo = fleet.root.name if fleet is not None else ""
+        branch = fleet.base_branch if fleet is not None else ""
+        notes: list[str] = [""]
         if app.monitor:
             owner = fleet.owner_pid if fleet is not None else None
-            t.append("  ")
-            t.append(" MONITOR · read-only ", style=MONITOR_BADGE)
-            who = f"process {owner}" if owner else "another process"
-            t.append(f" the fleet is driven by {who}; decision keys are off here", style=CYAN)
-        if extra:
-            t.append("  " + extra)
-        self.update(t)
+            where = f"the window of process {owner}" if owner else "the window that drives the fleet"
+            notes = [f" decisions are taken in {where}", f" decided in process {owner}" if owner else "", ""]
+
+        def line(note: str, with_branch: bool) -> Text:
+            t = Text(no_wrap=True, overflow="ellipsis")
+            t.append(" missionctl ", style="bold reverse")
+            t.append(f" {repo}", style="bold")
+            if branch and with_branch:
+                t.append(f" ({branch})", style=MUTED)
+            if app.monitor:
+                t.append("  ")
+                t.append(" MONITOR · read-only ", style=MONITOR_BADGE)
+                t.append(note, style=CYAN)
+            if extra:
+                t.append("  " + extra)
+            return t
+
+        candidates = [line(note, True) for note in dict.fromkeys(notes)] + [line("", False)]
+        self.update(first_fitting(app.size.width, candidates))
 
 
 class FleetScreen(Screen):
@@ -133,6 +208,7 @@ class FleetScreen(Screen):
         self.topbar.show(self.mc)
 
     def on_resize(self) -> None:
+        self.topbar.show(self.mc)
         self.call_after_refresh(self.relayout)
 
     def on_screen_resume(self) -> None:
@@ -283,14 +359,17 @@ class ZoomScreen(Screen):
         self.agent_id = agent_id
         self.topbar = TopBar(id="topbar")
         self.head = Static(id="zoom-head")
-        self.approval = ApprovalBox(classes="approval")
-        self.log_view = LineView(styles=LOG_STYLE, id="zoom-log")
-        self.diff_view = LineView(follow=False, max_lines=1_000_000, id="zoom-diff")
+        self.approval = ApprovalBox(classes="approval", rest_hint="all of them below: ↑↓ pgup pgdn")
+        self.log_view = LineView(styles=LOG_STYLE, wrap=True, id="zoom-log")
+        self.diff_view = LineView(follow=False, max_lines=1_000_000, wrap=True, id="zoom-diff")
+        self.proposal_view = LineView(follow=False, max_lines=1_000_000, wrap=True, id="zoom-proposal")
+        """The whole of a pending proposal (a write's diff, a long command): read it all before approving."""
         self.files = Static(id="zoom-files")
         self.feed = LogFeed(self.log_view)
         self._diff: Diff | bool | None = False
         self._diff_status = ""
         self._version = -1
+        self._proposal: str | None = None
 
     @property
     def mc(self) -> MissionControl:
@@ -309,6 +388,7 @@ class ZoomScreen(Screen):
                 with VerticalScroll(id="files-box"):
                     yield self.files
                 yield self.diff_view
+                yield self.proposal_view
         yield NarrowFooter(compact=True)
 
     def action_history(self) -> None:
@@ -331,16 +411,18 @@ class ZoomScreen(Screen):
         self.log_view.border_title = "log"
         self.diff_view.border_title = "diff"
         self.query_one("#split").set_class(self.size.width < 120, "stacked")
-        self.log_view.focus()
+        self.set_focus(self.log_view)
         self.show_agent(self.agent_id)
 
     def on_resize(self) -> None:
         self.query_one("#split").set_class(self.size.width < 120, "stacked")
+        self.sync()
 
     def show_agent(self, agent_id: str) -> None:
         self.agent_id = agent_id
         self._diff = False
         self._version = -1
+        self._proposal = None
         self.sync(True)
 
     def sync(self, diff_changed: bool = False) -> None:
@@ -352,8 +434,9 @@ class ZoomScreen(Screen):
         self.tick()
         if agent.version != self._version:
             self._version = agent.version
-            self.approval.show_request(agent, self.mc.key_hint, 40)
+            self.approval.show_request(agent, self.mc.key_hint, 0)
             self.query_one("#zoom-approval").display = bool(agent.pending)
+            self._show_proposal(agent)
             self.feed.sync(agent)
         diff = fleet.diff(agent.id)
         if diff is not self._diff or diff_changed or agent.status != self._diff_status:
@@ -411,6 +494,28 @@ class ZoomScreen(Screen):
         y = self.diff_view.scroll_y
         self.diff_view.set_lines(diff_lines(diff.text) if diff is not None else [])
         self.diff_view.scroll_to(y=y, animate=False)
+
+    def _show_proposal(self, agent: Agent) -> None:
+        """While an approval that proposes more than its summary waits, the diff side shows all of it, with
+        the focus, so that the arrows and page keys read it to its end before a, d or r answer it."""
+        req = agent.oldest_pending()
+        lines = proposal_lines(req) if req is not None else []
+        key = req.approval_id if req is not None and lines else None
+        if key == self._proposal:
+            return
+        self._proposal = key
+        view = self.proposal_view
+        self.query_one("#split").set_class(key is not None, "proposing")
+        if req is None or key is None:
+            view.set_lines([])
+            if self.focused is view:
+                self.set_focus(self.log_view)
+            return
+        view.set_lines(lines)
+        view.scroll_home(animate=False, immediate=True)
+        view.border_title = f"proposed: {clean(req.summary)}"
+        view.border_subtitle = f"{len(lines)} line{'s' if len(lines) != 1 else ''} · ↑↓ pgup pgdn"
+        self.set_focus(view)
 
     def action_back(self) -> None:
         self.app.pop_screen()
@@ -673,17 +778,13 @@ class MergeScreen(Dialog[str | None]):
 
     def compose(self) -> ComposeResult:
         a = self.agent
-        summary = self.diff.summary() if self.diff is not None else "no diff"
         with Vertical(classes="dialog merge"):
             yield Static(
-                Text.assemble(
-                    ("Merge ", "bold"),
-                    (a.name, "bold"),
-                    f" ({a.branch}) into {a.base_ref}: {summary}",
-                ),
-                classes="dialog-title",
+                Text.assemble(("Merge ", "bold"), (a.name, "bold"), f" ({a.branch}) into {a.base_ref}"),
+                classes="dialog-title merge-title",
             )
-            view = LineView(follow=False, max_lines=1_000_000, id="merge-diff")
+            yield Static(diff_summary(self.diff), classes="merge-summary")
+            view = LineView(follow=False, max_lines=1_000_000, wrap=True, id="merge-diff")
             view.set_lines(diff_lines(self.diff.text) if self.diff is not None else [])
             yield view
             with Horizontal(classes="buttons"):
@@ -707,6 +808,22 @@ class MergeScreen(Dialog[str | None]):
     def _pressed(self, event: Button.Pressed) -> None:
         mode = (event.button.id or "").removeprefix("mode-")
         self.dismiss(None if mode == "cancel" else mode)
+
+
+def diff_summary(diff: Diff | None) -> Text:
+    """ "3 files changed  +17 -1" on one line that is never broken (cut at its end when it must be)."""
+    t = Text(no_wrap=True, overflow="ellipsis")
+    if diff is None:
+        t.append("the diff could not be computed", style=MUTED)
+        return t
+    n = len(diff.files)
+    t.append(f"{n} file{'s' if n != 1 else ''} changed  ", style="bold")
+    t.append(f"+{diff.added}", style=ADDED)
+    t.append(" ")
+    t.append(f"-{diff.removed}", style=REMOVED)
+    if diff.truncated:
+        t.append("  (diff truncated)", style=YELLOW)
+    return t
 
 
 class HelpScreen(Dialog[None]):

@@ -9,6 +9,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
@@ -34,9 +35,11 @@ from mc.tui.format import (
     diff_lines,
     duration,
     elapsed,
+    first_fitting,
     header_text,
-    short_number,
+    key_rows,
     status_text,
+    tokens_text,
 )
 from mc.tui.lineview import LineView
 
@@ -82,11 +85,47 @@ def looks_like_diff(text: str) -> bool:
 
 
 class ApprovalBox(Static):
-    """What the agent wants to run or change, and the keys that answer it."""
+    """What the agent wants to run or change, and the keys that answer it, laid out for the box: a key never
+    ends a line without its word, and in a pane (`fit_rows`) the proposal gets only the rows left once the
+    title, the summary and the keys have theirs, so that the keys are never the part that is cut."""
+
+    #: The share of its pane the box may take (`.approval { max-height: 60% }` in mc.tcss).
+    PANE_SHARE = 0.6
+
+    def __init__(self, *, classes: str | None = None, rest_hint: str = "", fit_rows: bool = False) -> None:
+        super().__init__(classes=classes)
+        self.rest_hint = rest_hint
+        """Where the lines of a proposal beyond those shown are (default: "zoom" with its key)."""
+        self.fit_rows = fit_rows
+        self._shown: tuple[Agent, KeyHint, int | None] | None = None
 
     def show_request(self, agent: Agent, keys: KeyHint, max_lines: int | None) -> None:
+        self._shown = (agent, keys, max_lines)
+        self._paint()
+
+    def on_resize(self) -> None:
+        self.repaint_for_size()
+
+    def repaint_for_size(self) -> None:
+        """Lay the content out again for the box's (or its pane's) new size."""
+        if self._shown is not None:
+            self._paint()
+
+    def _rows(self) -> int | None:
+        parent = self.parent
+        if not self.fit_rows or not isinstance(parent, Widget) or not parent.content_region.height:
+            return None
+        return max(3, int(parent.content_region.height * self.PANE_SHARE))
+
+    def _paint(self) -> None:
+        assert self._shown is not None
+        agent, keys, max_lines = self._shown
+        width = self.content_region.width
         req = agent.oldest_pending()
-        text = approval_text(agent, req, keys, max_lines) if req is not None else status_notice(agent, keys)
+        if req is not None:
+            text: Text | None = approval_text(agent, req, keys, max_lines, width, self.rest_hint, self._rows())
+        else:
+            text = status_notice(agent, keys, width)
         if text is None:
             self.display = False
             return
@@ -94,7 +133,7 @@ class ApprovalBox(Static):
         self.update(text)
 
 
-def status_notice(agent: Agent, keys: KeyHint) -> Text | None:
+def status_notice(agent: Agent, keys: KeyHint, width: int = 0) -> Text | None:
     """What an agent without a question still asks of the engineer: a failure to read, work to review."""
     t = Text()
     if agent.status == "failed":
@@ -114,36 +153,76 @@ def status_notice(agent: Agent, keys: KeyHint) -> Text | None:
         actions = (("zoom", "review"), ("merge", "merge"), ("redirect", "redirect"), ("discard", "discard"))
     else:
         return None
-    for binding_id, label in actions:
-        t.append(keys(binding_id), style="bold reverse")
-        t.append(f" {label}  ")
+    t.append_text(key_rows([(keys(binding_id), label) for binding_id, label in actions], width))
     return t
 
 
-def approval_text(agent: Agent, req: ev.ApprovalRequested, keys: KeyHint, max_lines: int | None) -> Text:
-    """Title and summary, then the answering keys (always visible), then the command or the diff."""
+def approval_text(
+    agent: Agent,
+    req: ev.ApprovalRequested,
+    keys: KeyHint,
+    max_lines: int | None,
+    width: int = 0,
+    rest_hint: str = "",
+    rows: int | None = None,
+) -> Text:
+    """Title and summary, then the answering keys (always visible), then the command or the diff.
+
+    `width` (0: unknown) lays the keys out; `rows` (None: no limit) is the room the whole takes at most: the
+    summary shrinks to one line and the proposal to what is left, with a line that says how much more there is.
+    """
     what = {"command": "wants to run", "write": "wants to change", "read": "wants to read"}.get(req.kind, "wants")
-    t = Text()
-    t.append(" NEEDS YOU ", style=NEEDS_YOU)
-    t.append(f" {what} ({req.tool})", style="bold")
+    title = Text(no_wrap=True, overflow="ellipsis")
+    title.append(" NEEDS YOU ", style=NEEDS_YOU)
+    title.append(f" {what}", style="bold")
+    tool = f" ({req.tool})"
+    if not width or title.cell_len + len(tool) <= width:
+        title.append(tool, style="bold")
     if len(agent.pending) > 1:
-        t.append(f"  1 of {len(agent.pending)}", style=YELLOW)
+        title.append(f"  1 of {len(agent.pending)}", style=YELLOW)
+    summary = clean_line(req.summary)
+    answers = (("approve", "approve"), ("approve_all", "all like it"), ("deny", "deny"), ("redirect", "redirect"))
+    key_text = key_rows([(keys(binding_id), label) for binding_id, label in answers], width)
+    lines = proposal_lines(req)
+    limit = len(lines) if max_lines is None else min(max_lines, len(lines))
+    if rows is not None and width:
+        summary_rows = -(-cell_len(summary) // width) or 1
+        fixed = 1 + len(key_text.split())
+        if fixed + summary_rows > rows:
+            summary, summary_rows = _cut(summary, width), 1
+        room = rows - fixed - summary_rows
+        if limit > room:
+            limit = max(0, room - 1)  # one row says how many more there are
+    t = Text()
+    t.append_text(title)
     t.append("\n")
-    t.append(clean_line(req.summary) + "\n", style=f"bold {YELLOW}")
-    for binding_id, label in (("approve", "approve"), ("approve_all", "all like it"), ("deny", "deny")):
-        t.append(keys(binding_id), style="bold reverse")
-        t.append(f" {label}  ")
-    t.append(keys("redirect"), style="bold reverse")
-    t.append(" redirect")
-    detail = req.detail.strip("\n")
-    if detail and detail.strip() != req.summary.strip():
-        lines = diff_lines(detail) if looks_like_diff(detail) else [("", line) for line in detail.splitlines()]
-        shown = lines if max_lines is None else lines[:max_lines]
-        for style, line in shown:
-            t.append("\n" + clean_line(line), style=style)
-        if len(shown) < len(lines):
-            t.append(f"\n… {len(lines) - len(shown)} more lines ({keys('zoom')}: zoom)", style=MUTED)
+    t.append(summary + "\n", style=f"bold {YELLOW}")
+    t.append_text(key_text)
+    for style, line in lines[:limit]:
+        t.append("\n" + (_cut(clean_line(line), width) if width else clean_line(line)), style=style)
+    if limit < len(lines) and (rows is None or limit or rows > 1 + len(key_text.split()) + 1):
+        more = len(lines) - limit
+        where = rest_hint or f"{keys('zoom')}: zoom"
+        word = "more line" if limit else "line"
+        t.append(f"\n… {more} {word}{'s' if more != 1 else ''} ({where})", style=MUTED)
     return t
+
+
+def _cut(text: str, width: int) -> str:
+    """One row of `width` cells at most: the text, or its start and "…"."""
+    if cell_len(text) <= width:
+        return text
+    cut = Text(text)
+    cut.truncate(width, overflow="ellipsis")
+    return cut.plain
+
+
+def proposal_lines(req: ev.ApprovalRequested) -> list[tuple[str, str]]:
+    """The whole of what an approval proposes beyond its summary (a diff, a long command), as styled lines."""
+    detail = req.detail.strip("\n")
+    if not detail or detail.strip() == req.summary.strip():
+        return []
+    return diff_lines(detail) if looks_like_diff(detail) else [("", line) for line in detail.splitlines()]
 
 
 def clean_line(text: str) -> str:
@@ -166,7 +245,7 @@ class AgentPane(Vertical):
         self.index = index
         self.approval_lines = approval_lines
         self.head = Static(classes="pane-head")
-        self.approval = ApprovalBox(classes="approval")
+        self.approval = ApprovalBox(classes="approval", fit_rows=True)
         self.log_view = LineView(styles=LOG_STYLE, classes="pane-log")
         self.log_view.can_focus = False
         self.feed = LogFeed(self.log_view)
@@ -181,6 +260,9 @@ class AgentPane(Vertical):
     def on_mount(self) -> None:
         self.approval.display = False
         self.call_after_refresh(self._first_sync)
+
+    def on_resize(self) -> None:
+        self.approval.repaint_for_size()  # its share of the pane changed with the pane
 
     def _first_sync(self) -> None:
         app: Any = self.app
@@ -249,7 +331,7 @@ class AgentList(Widget, can_focus=False):
                     a.id,
                     a.status,
                     int(elapsed(a, now)),
-                    short_number(a.tokens),
+                    tokens_text(a),
                     a.files_changed,
                     a.lines_added,
                     a.lines_removed,
@@ -287,7 +369,7 @@ class AgentList(Widget, can_focus=False):
             line.append(f"{num} {a.name[:name_w]:<{name_w}} ", style="bold" if sel else "")
             line.append_text(status_text(a.status, pad=13))
             line.append(f" {duration(elapsed(a, self.now)):>7}")
-            line.append(f" {short_number(a.tokens):>6} tok", style=MUTED)
+            line.append(f" {tokens_text(a):>6} tok", style=MUTED)
             line.append(f" {a.files_changed:>3}f ")
             line.append(f"+{a.lines_added}", style=ADDED)
             line.append("/")
@@ -311,24 +393,53 @@ class AgentList(Widget, can_focus=False):
 
 
 class SummaryBar(Static):
-    """Counts per status, and how many agents need the engineer."""
+    """How many agents need the engineer, then the count per status. When the line is short, the statuses
+    yield (glyphs without words, then cut); the count of agents that need a decision never does."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._shown: tuple[list[Agent], KeyHint] | None = None
 
     def show_fleet(self, agents: Sequence[Agent], keys: KeyHint) -> None:
+        self._shown = (list(agents), keys)
+        self._paint()
+
+    def on_resize(self) -> None:
+        if self._shown is not None:
+            self._paint()
+
+    def _paint(self) -> None:
+        assert self._shown is not None
+        agents, keys = self._shown
         counts: dict[str, int] = {}
         for a in agents:
             counts[a.status] = counts.get(a.status, 0) + 1
         need = sum(1 for a in agents if a.pending)
-        t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(f" {len(agents)} agent{'s' if len(agents) != 1 else ''} ", style="bold")
-        for status in STATUS_STYLE:
-            if counts.get(status):
+        shown = [s for s in STATUS_STYLE if counts.get(s)]
+
+        def line(hint: bool, words: bool) -> Text:
+            t = Text(no_wrap=True, overflow="ellipsis")
+            t.append(f" {len(agents)} agent{'s' if len(agents) != 1 else ''} ", style="bold")
+            t.append(" │ ")
+            if need:
+                t.append(f" {need} need{'s' if need == 1 else ''} you ", style=NEEDS_YOU)
+                if hint:
+                    t.append(f" {keys('next_decision')}: next", style=MUTED)
+            else:
+                t.append("nobody needs you", style=MUTED)
+            if shown:
+                t.append("  │")
+            for status in shown:
                 t.append(" ")
-                t.append_text(status_text(status))
-                t.append(f" {counts[status]}")
-        t.append("  │ ")
-        if need:
-            t.append(f" {need} need{'s' if need == 1 else ''} you ", style=NEEDS_YOU)
-            t.append(f" {keys('next_decision')}: next", style=MUTED)
-        else:
-            t.append("nobody needs you", style=MUTED)
-        self.update(t)
+                if words:
+                    t.append_text(status_text(status))
+                    t.append(f" {counts[status]}")
+                else:
+                    glyph, style = STATUS_STYLE[status]
+                    t.append(glyph, style=style)
+                    t.append(f"{counts[status]}")
+            return t
+
+        # what yields first: the hint (the footer has it too), then the words of the statuses, then their end
+        candidates = [line(True, True), line(False, True), line(True, False), line(False, False)]
+        self.update(first_fitting(self.content_region.width or candidates[0].cell_len, candidates))
