@@ -76,6 +76,9 @@ async def test_a_decision_key_in_a_monitor_says_where_decisions_are_taken(repo: 
         app = MissionControl(Fleet(cfg))
         async with app.run_test(size=(80, 24)) as pilot:
             await until(pilot, lambda: app.opened and app.monitor, what="the monitor")
+            await pilot.pause(0.4)
+            screen = app.fleet_screen()
+            assert screen is not None and screen.panes["runner"].has_class("selected")  # nothing happens, yet
             for key in ("a", "d", "n", "m"):
                 await pilot.press(key)
             await pilot.pause(0.2)

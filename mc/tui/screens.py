@@ -274,6 +274,7 @@ class FleetScreen(Screen):
             self.panes = {app.selected: self.focus_pane}
             dirty = None
         for agent_id, pane in self.panes.items():
+            pane.set_class(agent_id == app.selected, "selected")  # mounted or not: it shows once it is
             if not pane.is_mounted:
                 continue
             agent = app.fleet.agents.get(agent_id)
@@ -281,7 +282,6 @@ class FleetScreen(Screen):
                 continue
             if dirty is None or agent_id in dirty:
                 pane.sync(agent, now, keys)
-            pane.set_class(agent_id == app.selected, "selected")
         if self.agent_list is not None:
             self.agent_list.set_state(agents, app.selected, now)
         self.summary.show_fleet(agents, keys)
