@@ -48,6 +48,18 @@ async def test_keys_typed_right_after_n_reach_the_name_field(app: MissionControl
         await until(pilot, lambda: field(app, "name") == "reader-2", what=f"the name ({field(app, 'name')!r})")
 
 
+async def test_text_typed_and_pasted_right_after_r_is_the_new_instruction_in_order(app: MissionControl) -> None:
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot, app)
+        burst(app, ["r", *"use ", "paste:the helper from app/text.py", "enter"])
+        quiet = app.fleet.agents["quiet"]
+        await until(
+            pilot,
+            lambda: any("redirect: use the helper from app/text.py" in text for _, text in quiet.log.lines),
+            what="the pasted redirect in the log",
+        )
+
+
 async def test_a_redirect_typed_in_one_burst_is_sent_whole(app: MissionControl) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot, app)

@@ -143,11 +143,16 @@ def screen_text(app: Any) -> list[str]:
 
 def burst(app: Any, keys: list[str]) -> None:
     """Type `keys` the way typeahead or a paste arrives over SSH: all queued at once, before the app has
-    handled the first (Pilot's press waits for the app after each key)."""
+    handled the first (Pilot's press waits for the app after each key). "paste:TEXT" is a bracketed paste."""
     from textual import events
     from textual.keys import _character_to_key
 
     for key in keys:
+        if key.startswith("paste:"):  # a bracketed paste: one event with all its text
+            paste = events.Paste(key.removeprefix("paste:"))
+            paste.set_sender(app)
+            app._driver.send_message(paste)
+            continue
         char: str | None = None
         if len(key) == 1:  # a character: its key name ("minus" for "-") and the character itself
             char = key

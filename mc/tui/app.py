@@ -112,8 +112,9 @@ class MissionControl(App[int]):
         self._drain_armed = False
         self._closed = False
         self._keys = dict(self.config.ui.keys)
-        self._typeahead: list[events.Key] | None = None
-        """Keys typed while a dialog opens, held until its first field has focus (None: not holding)."""
+        self._typeahead: list[events.Key | events.Paste] | None = None
+        """Keys typed (and text pasted) while a dialog opens, held until its first field has focus (None: not
+        holding)."""
         self._typeahead_timer: Any = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -169,8 +170,9 @@ class MissionControl(App[int]):
 
     # -- typeahead -------------------------------------------------------------------------------
     async def on_event(self, event: events.Event) -> None:
-        if isinstance(event, events.Key) and not event.is_forwarded and self._typeahead is not None:
-            self._typeahead.append(event)  # a dialog is opening: its first field gets this key once it has focus
+        held = isinstance(event, (events.Key, events.Paste)) and not event.is_forwarded
+        if held and self._typeahead is not None:
+            self._typeahead.append(event)  # a dialog is opening: its first field gets this once it has focus
             return
         await super().on_event(event)
 
