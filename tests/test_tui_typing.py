@@ -97,3 +97,16 @@ async def test_keys_act_in_the_order_they_were_typed(tmp_path: Path, scripted: A
         lister = app.fleet.agents["lister"]
         await until(pilot, lambda: lister.status == "idle", what="the second agent to be approved")
         assert app.fleet.agents["runner"].pending
+
+
+async def test_escape_in_an_open_list_closes_the_list_not_the_form(app: MissionControl) -> None:
+    from textual.widgets import Select
+
+    async with app.run_test(size=(100, 40)) as pilot:
+        await settle(pilot, app)
+        await pilot.press("n", *"keep-me", "tab", "tab", "enter")
+        await until(pilot, lambda: app.screen.query_one("#runner", Select).expanded, what="the runner list")
+        await pilot.press("escape")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, NewAgentScreen) and field(app, "name") == "keep-me"
+        assert not app.screen.query_one("#runner", Select).expanded

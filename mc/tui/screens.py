@@ -550,6 +550,10 @@ class Dialog(ModalScreen[DialogResult]):
         """The widget that gets the focus (and the typeahead) when the dialog opens."""
         return None
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # escape closes an open list first, not the dialog with what was typed in it
+        return not (action == "cancel" and any(select.expanded for select in self.query(Select)))
+
     def after_typing(self, callback: Callable[[], None]) -> None:
         """Run `callback` once every field has taken in the keys already sent to it (a priority key such as
         enter acts on arrival, while the characters typed before it may still wait in a field's queue)."""
@@ -738,7 +742,7 @@ class NewAgentScreen(Dialog[AgentConfig | None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "enter":  # on a button or a list, enter is theirs
             return isinstance(self.focused, Input)
-        return True
+        return super().check_action(action, parameters)
 
     def action_enter(self) -> None:
         """Enter in a field: start the agent from the task field (or from the name when a task is there), else
