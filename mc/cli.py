@@ -287,10 +287,32 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _merge(cfg: Config, name: str, mode: str | None, message: str | None) -> int:
-    fleet = _open_fleet(cfg)
+async def _served(cfg: Config) -> Any:
+    """The fleet as its running server shows it (a RemoteFleet, attached), or None when no server runs: then
+    a command opens the fleet itself, as its owner for the time it takes."""
+    from mc.client import RemoteFleet, answers, socket_of
+    from mc.commands import state_dir
+
+    socket = socket_of(state_dir(cfg))
+    if not await answers(socket):
+        return None
+    fleet = RemoteFleet(cfg, socket)
     await fleet.open()
-    _tell_notices(fleet)
+    return fleet
+
+
+async def _owner(cfg: Config) -> Any:
+    """The fleet to run one command on: through its server when one runs, else opened here."""
+    fleet = await _served(cfg)
+    if fleet is None:
+        fleet = _open_fleet(cfg)
+        await fleet.open()
+        _tell_notices(fleet)
+    return fleet
+
+
+async def _merge(cfg: Config, name: str, mode: str | None, message: str | None) -> int:
+    fleet = await _owner(cfg)
     try:
         agent = fleet.get(name)
         result = await fleet.merge(agent.id, mode=mode, message=message)
@@ -309,9 +331,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 async def _discard(cfg: Config, name: str) -> int:
-    fleet = _open_fleet(cfg)
-    await fleet.open()
-    _tell_notices(fleet)
+    fleet = await _owner(cfg)
     try:
         agent = fleet.get(name)
         ref = await fleet.discard(agent.id)
@@ -565,10 +585,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from mc.client import ClientError
         from mc.fleet import FleetError
         from mc.store import StoreError
 
-        if isinstance(exc, (CliError, ConfigError, FleetError, StoreError)):
+        if isinstance(exc, (CliError, ConfigError, FleetError, StoreError, ClientError)):
             print(f"missionctl: {exc}", file=sys.stderr)
             return 2
         raise
