@@ -215,12 +215,40 @@ def _headless(cfg: Config, argv: list[str], *, spawn: bool = True) -> int:
         raise CliError(str(exc)) from None
 
 
-def _tui(cfg: Config, **kwargs: Any) -> int:
+def _tui(cfg: Config, *, monitor: bool = False, spawn_configured: bool = False, demo: Any = None) -> int:
+    """The window, attached to the repository's fleet server (started when none runs, unless a monitor)."""
+    from mc.client import RemoteFleet, socket_of
+    from mc.commands import state_dir
+
     try:
         from mc.tui.app import run_tui
     except ImportError as exc:  # pragma: no cover - the TUI ships with the package
         raise CliError(f"the terminal UI cannot start ({exc}): use `missionctl run --headless`") from None
-    return run_tui(cfg, **kwargs)
+    fleet = RemoteFleet(cfg, socket_of(state_dir(cfg)), readonly=monitor, server_argv=_server_argv(cfg))
+    return run_tui(fleet, monitor=monitor, spawn_configured=spawn_configured, demo=demo)
+
+
+def _stop_server(cfg: Config) -> bool:
+    """Stop the repository's fleet server if one runs (every agent ends). True when there was one."""
+    from mc.client import FleetClient, answers, socket_of
+    from mc.commands import state_dir
+
+    async def stop() -> bool:
+        socket = socket_of(state_dir(cfg))
+        if not await answers(socket):
+            return False
+        client = FleetClient(socket, reconnect=False)
+        try:
+            await client.stop()
+        finally:
+            await client.close()
+        for _ in range(200):  # until it has ended its agents and let go of the folder
+            if not await answers(socket) and not socket.exists():
+                break
+            await asyncio.sleep(0.05)
+        return True
+
+    return asyncio.run(stop())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -241,6 +269,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return asyncio.run(_run_headless(demo.config, spawn=not demo.reopened))
         return _tui(demo.config, spawn_configured=not demo.reopened, demo=demo)
     finally:
+        if not keep:  # a throwaway demo: its fleet server goes with its folder
+            _stop_server(demo.config)
         demo.stop(remove=not keep)
         if keep:
             print(f"the demo is kept in {demo.folder}: {again}", file=sys.stderr)

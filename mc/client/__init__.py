@@ -398,6 +398,10 @@ class RemoteFleet:
         self.diffs: dict[str, Diff] = {}
         self._server_argv = server_argv
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[Callable[[ev.Event], None]] = []
+        self._shown_diffs: set[str] = set()  # agents whose diff a screen asked for: kept fresh, the others wait
+        self._fetching: dict[str, bool] = {}  # agent → asked again while a fetch ran
+        self.client.add_listener(self._on_event)
 
     # -- life cycle ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -405,6 +409,8 @@ class RemoteFleet:
         self._loop = asyncio.get_running_loop()
         if self._server_argv is not None and not self.readonly:
             await ensure_server(self.state_dir, self._server_argv)
+        elif self.readonly and not await answers(self.socket):
+            raise ClientError(f"no fleet runs in {self.root}: `missionctl` there starts it (a monitor only watches)")
         await self.client.connect()
 
     async def close(self) -> None:
@@ -429,10 +435,44 @@ class RemoteFleet:
         return self.client.connected
 
     def add_listener(self, listener: Callable[[ev.Event], None]) -> None:
-        self.client.add_listener(listener)
+        self._listeners.append(listener)
 
     def remove_listener(self, listener: Callable[[ev.Event], None]) -> None:
-        self.client.remove_listener(listener)
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, ev.DiffChanged) and event.agent in self._shown_diffs:
+            self._fetch_diff(event.agent)
+        for listener in list(self._listeners):
+            listener(event)
+
+    def _fetch_diff(self, agent_id: str) -> None:
+        """Fetch the agent's diff in the background; listeners then get a DiffChanged for it (so a screen that
+        shows the diff draws the new one). One fetch per agent at a time; a change meanwhile fetches again."""
+        if agent_id in self._fetching:
+            self._fetching[agent_id] = True
+            return
+        self._fetching[agent_id] = False
+        loop = self._loop or asyncio.get_running_loop()
+
+        async def fetch() -> None:
+            try:
+                while True:
+                    with contextlib.suppress(ClientError):
+                        diff = await self.client.diff(agent_id)
+                        self.diffs[agent_id] = diff
+                        for listener in list(self._listeners):
+                            listener(
+                                ev.DiffChanged(agent=agent_id, files=diff.files, added=diff.added, removed=diff.removed)
+                            )
+                    if not self._fetching.get(agent_id):
+                        return
+                    self._fetching[agent_id] = False
+            finally:
+                self._fetching.pop(agent_id, None)
+
+        loop.create_task(fetch(), name=f"diff of {agent_id}")
 
     def on_connection(self, callback: Callable[[bool], None]) -> None:
         self.client.on_connection(callback)
@@ -455,7 +495,12 @@ class RemoteFleet:
         return waiting[(ids.index(after) + 1) % len(waiting)] if after in ids else waiting[0]
 
     def diff(self, agent_id: str) -> Diff | None:
-        return self.diffs.get(agent_id)
+        """The agent's diff as last fetched (None until it arrives: listeners are told with a DiffChanged)."""
+        cached = self.diffs.get(agent_id)
+        if agent_id not in self._shown_diffs:
+            self._shown_diffs.add(agent_id)
+            self._fetch_diff(agent_id)
+        return cached
 
     async def refresh_diff(self, agent_id: str) -> Diff:
         diff = await self.client.diff(agent_id)

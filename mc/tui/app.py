@@ -7,6 +7,7 @@ Hidden agents cost nothing but their header counters. Idle, only a 1 Hz clock ru
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,6 +21,7 @@ from textual.screen import Screen
 
 from mc import events as ev
 from mc.agent import Agent
+from mc.client import ClientError
 from mc.config import AgentConfig, Config
 from mc.fleet import Fleet, FleetError, FleetLocked
 from mc.tui.screens import (
@@ -112,6 +114,10 @@ class MissionControl(App[int]):
         self._drain_armed = False
         self._closed = False
         self._keys = dict(self.config.ui.keys)
+        self.farewell = ""
+        """What to say on the terminal after the window closes (detached, stopped)."""
+        self.signals: tuple[int, ...] = ()
+        """Signals that detach this window cleanly (set by run_tui: a test's app leaves the process's own)."""
         self._typeahead: list[events.Key | events.Paste] | None = None
         """Keys typed (and text pasted) while a dialog opens, held until its first field has focus (None: not
         holding)."""
@@ -124,6 +130,9 @@ class MissionControl(App[int]):
     async def on_mount(self) -> None:
         if self._keys:
             self.set_keymap(self._keys)
+        loop = asyncio.get_running_loop()
+        for sig in self.signals:
+            loop.add_signal_handler(sig, self._on_signal)
         try:
             await self.fleet.open()
         except FleetLocked as exc:
@@ -136,11 +145,14 @@ class MissionControl(App[int]):
             self.fleet = readonly
             self.monitor = True
             self.notify(f"{exc}: opened as a read-only monitor", timeout=8)
-        except FleetError as exc:
+        except (FleetError, ClientError) as exc:
             self.exit(2, message=f"missionctl: {exc}")
             return
         self.monitor = self.monitor or self.fleet.readonly
         self.fleet.add_listener(self._on_event)
+        on_connection = getattr(self.fleet, "on_connection", None)
+        if on_connection is not None:  # a fleet server: say when it goes away and when it is back
+            on_connection(lambda up: self.call_later(self._server_connection, up))
         agents = self.agents()
         waiting = self.fleet.next_needing_decision()
         self.selected = waiting.id if waiting else (agents[0].id if agents else None)
@@ -152,6 +164,20 @@ class MissionControl(App[int]):
         self.set_interval(1.0, self._tick)
         if self.spawn_on_open and not self.monitor:
             self.run_worker(self._spawn_configured(), group="fleet")
+
+    def _server_connection(self, up: bool) -> None:
+        if up:
+            self.notify("the fleet server is back: reconnected", timeout=4)
+            self._dirty.update(a.id for a in self.agents())
+            if not self._drain_armed and not self._closed:
+                self._drain_armed = True
+                self._arm_drain()
+        else:
+            self.notify(
+                "the fleet server is gone: reconnecting… (the next `missionctl` command starts it again)",
+                severity="error",
+                timeout=30,
+            )
 
     async def _spawn_configured(self) -> None:
         await self._guard(self.fleet.spawn_configured())
@@ -205,10 +231,15 @@ class MissionControl(App[int]):
         self.hold_keys()
         self.push_screen(screen, callback)
 
-    def notify_read_only(self) -> None:
+    def decision_place(self) -> str:
+        """Where a read-only monitor's engineer decides instead (for its notes and header)."""
+        if getattr(self.fleet, "client", None) is not None:  # attached to a fleet server: any window may decide
+            return "any window opened without --monitor, or `missionctl approve NAME`"
         owner = self.fleet.owner_pid
-        where = f"the window of process {owner}" if owner else "the window that drives the fleet"
-        self.notify(f"read-only monitor: decisions are taken in {where}", severity="warning")
+        return f"the window of process {owner}" if owner else "the window that drives the fleet"
+
+    def notify_read_only(self) -> None:
+        self.notify(f"read-only monitor: decisions are taken in {self.decision_place()}", severity="warning")
 
     # -- state helpers ---------------------------------------------------------------------------
     def now(self) -> float:
@@ -335,7 +366,7 @@ class MissionControl(App[int]):
         """Run one fleet command; its FleetError becomes a one-line notification, never a crash."""
         try:
             result = await work
-        except FleetError as exc:
+        except (FleetError, ClientError) as exc:
             self.notify(str(exc), severity="error", timeout=8)
             return None
         except Exception as exc:  # a bug below must not take the UI down
@@ -361,7 +392,8 @@ class MissionControl(App[int]):
     @decision
     def action_approve(self) -> None:
         if (agent := self._need_agent()) is not None:
-            self._command(self.fleet.approve(agent.id))
+            req = agent.oldest_pending()  # the question on screen: never one that came after it
+            self._command(self.fleet.approve(agent.id, req.approval_id if req else None))
 
     @decision
     def action_approve_all(self) -> None:
@@ -369,7 +401,7 @@ class MissionControl(App[int]):
             req = agent.oldest_pending()
             what = req.remember_key or req.kind if req else ""
             done = f"{agent.name}: approved; {what} calls run without asking for the rest of this run" if req else ""
-            self._command(self.fleet.approve(agent.id, remember=True), done)
+            self._command(self.fleet.approve(agent.id, req.approval_id if req else None, remember=True), done)
 
     @decision
     def action_deny(self) -> None:
@@ -526,8 +558,22 @@ class MissionControl(App[int]):
     def action_help(self) -> None:
         self.open_dialog(HelpScreen())
 
+    @property
+    def served(self) -> bool:
+        """True when the fleet runs in a fleet server (this window only attaches to it)."""
+        return getattr(self.fleet, "client", None) is not None
+
     async def action_quit(self) -> None:
         running = [a.name for a in self.agents() if a.status in ("starting", "running")]
+        if self.served:  # the fleet lives on in its server: quitting only detaches this window
+            self.farewell = (
+                f"missionctl: detached; the fleet keeps working ({len(running)} running). `missionctl` attaches "
+                "again, `missionctl stop` ends it."
+                if not self.monitor
+                else ""
+            )
+            await self._quit_now()
+            return
         if running and not self.monitor:
 
             def answer(yes: bool | None) -> None:
@@ -548,6 +594,36 @@ class MissionControl(App[int]):
     async def _quit_now(self) -> None:
         await self.close_fleet()
         self.exit(0)
+
+    def action_stop_fleet(self) -> None:
+        """Stop the fleet server itself (with a confirmation): every agent ends and comes back interrupted."""
+        if not self.served:
+            self.notify("this window runs the fleet itself: quit (q) to stop it", severity="warning")
+            return
+        running = [a.name for a in self.agents() if a.status in ("starting", "running")]
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(self._stop_fleet_now(len(running)), group="fleet")
+
+        self.open_dialog(
+            ConfirmScreen(
+                f"Stop the fleet? Every agent ends ({len(running)} running come back interrupted, resumable); "
+                "everything stays on disk.",
+                "Stop the fleet",
+            ),
+            answer,
+        )
+
+    async def _stop_fleet_now(self, running: int) -> None:
+        if await self._guard(self.fleet.stop(), "") is None and not self._closed:
+            self.farewell = f"missionctl: the fleet stopped; {running} running agent(s) come back interrupted"
+            await self._quit_now()
+
+    def _on_signal(self) -> None:
+        """SIGTERM or SIGHUP (the terminal went away): detach cleanly, giving the terminal back as it was."""
+        self.farewell = "missionctl: detached on a signal; the fleet keeps working" if self.served else ""
+        self.run_worker(self._quit_now(), group="quit")
 
     # -- command palette -------------------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -609,6 +685,7 @@ PALETTE = [
     ("discard", "Discard", "discard the selected agent's worktree and branch"),
     ("next_decision", "Next waiting agent", "jump to the next agent that needs a decision"),
     ("help", "Keys", "show every key"),
+    ("stop_fleet", "Stop the fleet", "end every agent and the fleet server (running agents come back interrupted)"),
 ]
 
 
@@ -623,11 +700,18 @@ def _default_keys() -> dict[str, str]:
     return {b.id: b.key for b in _all_bindings() if b.id}
 
 
-def run_tui(cfg: Config, *, monitor: bool = False, spawn_configured: bool = False, demo: Any = None) -> int:
-    """Open mission control on the fleet of `cfg` (read-only when monitor, or when another process owns it)."""
-    fleet = Fleet(cfg, readonly=monitor)
+def run_tui(fleet: Any, *, monitor: bool = False, spawn_configured: bool = False, demo: Any = None) -> int:
+    """Open mission control on `fleet`: a RemoteFleet attached to the repository's fleet server (or a Fleet run in
+    this process). Read-only when monitor."""
+    import signal
+    import sys
+
     app = MissionControl(fleet, monitor=monitor, spawn_configured=spawn_configured and not monitor, demo=demo)
+
+    app.signals = (signal.SIGTERM, signal.SIGHUP)
     app.run()
+    if app.farewell:
+        print(app.farewell, file=sys.stderr)
     return app.return_code or 0
 
 

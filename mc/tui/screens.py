@@ -144,8 +144,10 @@ class TopBar(Static):
         notes: list[str] = [""]
         if app.monitor:
             owner = fleet.owner_pid if fleet is not None else None
-            where = f"the window of process {owner}" if owner else "the window that drives the fleet"
-            notes = [f" decisions are taken in {where}", f" decided in process {owner}" if owner else "", ""]
+            where = app.decision_place()
+            remote = getattr(fleet, "client", None) is not None
+            short = " read-only" if remote else (f" decided in process {owner}" if owner else "")
+            notes = [f" decisions are taken in {where}", short, ""]
 
         def line(note: str, with_branch: bool) -> Text:
             t = Text(no_wrap=True, overflow="ellipsis")
