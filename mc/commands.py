@@ -45,8 +45,12 @@ def _server_argv(args: argparse.Namespace) -> list[str]:
 
 def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     """Run the fleet server in the foreground until `missionctl stop` (or SIGTERM)."""
+    import logging
+
     from mc.server import FleetServer
 
+    # what nobody classified yet is said in the server's log (stderr: .mc/server.log when detached)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = FleetServer(cfg)
 
     def ready() -> None:

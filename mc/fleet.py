@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import signal
 import time
@@ -34,6 +35,8 @@ from mc.git.repo import MergeRecovery, fault_point
 from mc.store import FleetLocked, LogWriteError, Store, StoreError, atomic_write, demo_scenario
 from mc.tools import safe_env
 from mc.watch import WorktreeWatcher
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Diff", "Fleet", "FleetError", "FleetLocked", "MergeResult"]
 
@@ -111,6 +114,8 @@ class Fleet:
         """The scenario of a fleet `missionctl demo` started (from its state); None for any other fleet."""
         self._demo_server: Any = None
         self._background: set[asyncio.Task[None]] = set()
+        self._broken_listeners: set[Any] = set()
+        self._tail_errors: set[str] = set()
         self._flag_scanners: dict[str, FlagScanner] = {}  # agent → its scanner (which keeps per-file results)
         self._flag_next: dict[str, Diff] = {}  # agent → the newest diff its scan has not read yet
         self._flag_tasks: dict[str, asyncio.Task[None]] = {}
@@ -554,8 +559,10 @@ class Fleet:
         for listener in list(self._listeners):
             try:
                 listener(event)
-            except Exception:  # a broken view must not stop the fleet
-                continue
+            except Exception:  # a broken view must not stop the fleet, and must not fail unseen either
+                if listener not in self._broken_listeners:
+                    self._broken_listeners.add(listener)
+                    log.exception("a listener of the fleet failed on a %s event (said once per listener)", event.type)
         for queue in self._queues:
             if queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
@@ -600,8 +607,11 @@ class Fleet:
                             self.request_diff(agent_id)
                         if isinstance(event, ev.StatusChanged):
                             self._update_settled()
-            except Exception:
-                continue
+            except Exception as exc:  # said, once per kind of failure; the next round tries again
+                text = f"{type(exc).__name__}: {exc}"
+                if text not in self._tail_errors:
+                    self._tail_errors.add(text)
+                    log.exception("following the fleet's logs failed: %s", text)
 
     @property
     def owner_pid(self) -> int | None:
