@@ -81,3 +81,26 @@ async def test_a_monitor_window_cannot_decide_and_says_where_to(served: Path) ->
     assert sock.exists()
     stopped = missionctl(repo, "stop")
     assert stopped.returncode == 0, stopped.stderr
+
+
+async def test_stop_the_fleet_from_the_window_asks_then_ends_every_agent(served: Path) -> None:
+    repo = served
+    cfg = load_config(repo / "missionctl.toml")
+    sock = await ensure_server(repo / ".mc", ["--config", str(repo / "missionctl.toml")])
+    done = missionctl(repo, "spawn", "--name", "sleeper", "--task", "wait", "--model", "sleeper", "--policy", "never")
+    assert done.returncode == 0, done.stderr
+    app = MissionControl(RemoteFleet(cfg, sock))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await until(pilot, lambda: bool(app.fleet.agents), what="the fleet")
+        app.action_stop_fleet()
+        await pilot.pause(0.2)
+        await pilot.press("n")  # not yet
+        await pilot.pause(0.3)
+        assert server_pids(repo), "a 'no' stopped the fleet"
+        app.action_stop_fleet()
+        await pilot.pause(0.2)
+        await pilot.press("y")
+        await until(pilot, lambda: not server_pids(repo), what="the server to end")
+    assert "the fleet stopped" in app.farewell
+    state = (repo / ".mc" / "state.toml").read_text()
+    assert 'status = "interrupted"' in state

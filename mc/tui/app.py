@@ -578,7 +578,7 @@ class MissionControl(App[int]):
 
             def answer(yes: bool | None) -> None:
                 if yes:
-                    self.run_worker(self._quit_now())
+                    self.call_later(self._leave)
 
             self.open_dialog(
                 ConfirmScreen(
@@ -618,12 +618,18 @@ class MissionControl(App[int]):
     async def _stop_fleet_now(self, running: int) -> None:
         if await self._guard(self.fleet.stop(), "") is None and not self._closed:
             self.farewell = f"missionctl: the fleet stopped; {running} running agent(s) come back interrupted"
-            await self._quit_now()
+            self.call_later(self._leave)
 
     def _on_signal(self) -> None:
-        """SIGTERM or SIGHUP (the terminal went away): detach cleanly, giving the terminal back as it was."""
+        """SIGTERM or SIGHUP (the terminal went away): detach cleanly, giving the terminal back as it was. Called
+        by the event loop outside the app's context: the work is handed to the app as a message."""
         self.farewell = "missionctl: detached on a signal; the fleet keeps working" if self.served else ""
-        self.run_worker(self._quit_now(), group="quit")
+        self.call_later(self._leave)
+
+    async def _leave(self) -> None:
+        """Detach and end the app, as a message of the app's own (exiting from inside a worker hangs Textual)."""
+        await self.close_fleet()
+        self.exit(0)
 
     # -- command palette -------------------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
