@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from harness import (
     CpuMeter,
@@ -33,6 +36,19 @@ from harness import (
 )
 
 PAD = "x" * 40
+
+
+def fleet_server_pid(cfg: Path) -> int:
+    """The pid of the `missionctl serve` process the window started for this config."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in cmd and str(cfg).encode() in cmd:
+                return int(entry.name)
+    raise SystemExit("no fleet server runs for the bench's config")
 
 
 def line_text(agent: str) -> str:
@@ -69,7 +85,8 @@ def main() -> None:
             raise SystemExit("the fleet did not start:\n" + app.screen())
         t_started = time.perf_counter()
         time.sleep(args.warm)
-        cpu, server_cpu0 = CpuMeter(app.pid), proc_cpu(server.proc.pid)
+        fleet_pid = fleet_server_pid(cfg)  # the fleet runs in its own server; the window only draws
+        cpu, server_cpu0, fleet_cpu0 = CpuMeter(app.pid), proc_cpu(server.proc.pid), proc_cpu(fleet_pid)
         cpu.start()
         # The selection starts on s00; j and k move it between s00 and s01.
         specs = [("j", title(names[1])), ("k", title(names[0]))]
@@ -94,12 +111,13 @@ def main() -> None:
         window = time.perf_counter() - cpu.t0
         app_cpu = cpu.stop()
         server_cpu = 100 * (proc_cpu(server.proc.pid) - server_cpu0) / window
+        fleet_cpu = 100 * (proc_cpu(fleet_pid) - fleet_cpu0) / window
         rss = proc_rss_mb(app.pid)
         print(f"agents {args.agents} x {args.rate:g} lines/s for {args.seconds:g} s ({lines} lines each)")
         print(f"key latency (j/k until the focused pane shows the agent): {percentiles(lat)}  missed {missed}")
         print(
-            f"app CPU {app_cpu:.0f}% of a core over {window:.0f} s while streaming (scripted server: "
-            f"{server_cpu:.0f}%), app RSS {rss:.0f} MB"
+            f"window CPU {app_cpu:.0f}% of a core over {window:.0f} s while streaming, fleet server "
+            f"{fleet_cpu:.0f}% (scripted model server: {server_cpu:.0f}%), window RSS {rss:.0f} MB"
         )
         # Wait for every stream to end, then count the lines on disk.
         done = wait_until(lambda: re.search(rf"idle {args.agents}\b", app.screen()) is not None, args.seconds * 4)
@@ -145,6 +163,7 @@ def main() -> None:
         app.keys("Escape")
     finally:
         app.quit()
+        subprocess.run([sys.executable, "-m", "mc", "stop", "--config", str(cfg)], capture_output=True, check=False)
         server.stop()
         if not args.keep:
             remove(d)

@@ -139,3 +139,21 @@ def _no_fleet_server_outlives_its_test(tmp_path: Path) -> Iterator[None]:
     started in its temporary folder, so none piles up across the suite."""
     yield
     end_fleet_servers(tmp_path)
+
+
+_FAULTS: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    """Count the fault suite's cases (tests/test_faults_*.py: each attack or fault, each parameter, is one)."""
+    if "test_faults_" in report.nodeid and (report.when == "call" or report.outcome != "passed"):
+        _FAULTS[report.nodeid] = report.outcome
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _FAULTS:
+        passed = sum(1 for outcome in _FAULTS.values() if outcome == "passed")
+        files = len({nodeid.split("::")[0] for nodeid in _FAULTS})
+        terminalreporter.write_line(
+            f"fault suite: {len(_FAULTS)} attacks and faults tried in {files} files, {passed} held"
+        )
