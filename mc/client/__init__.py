@@ -123,7 +123,10 @@ class FleetClient:
             async with self._http().request(
                 method, path, json=body, params={k: str(v) for k, v in query.items() if v is not None}
             ) as response:
-                data = await response.json(content_type=None)
+                try:
+                    data = await response.json(content_type=None)
+                except ValueError:  # not JSON: an answer of aiohttp's own (an unknown path, say)
+                    data = {"error": f"{response.status} {response.reason}: {method} {path}"}
                 if response.status >= 400:
                     raise ClientError(str((data or {}).get("error") or response.reason), response.status)
                 return data
