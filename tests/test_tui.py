@@ -112,9 +112,14 @@ async def test_redirect_sends_the_new_instruction(repo: Path, server: Any) -> No
 
 
 def sleepers() -> list[psutil.Process]:
+    """The scenario's `sleep 31.25` among this test's own descendants (another run's sleep is not ours)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if proc.info["cmdline"] and "31.25" in " ".join(proc.info["cmdline"]) and "sleep" in proc.info["cmdline"][0]:
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            cmdline = proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        if cmdline and "31.25" in " ".join(cmdline) and "sleep" in cmdline[0]:
             found.append(proc)
     return found
 
