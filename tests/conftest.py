@@ -153,7 +153,7 @@ def pytest_runtest_logreport(report: Any) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _FAULTS:
         passed = sum(1 for outcome in _FAULTS.values() if outcome == "passed")
+        skipped = sum(1 for outcome in _FAULTS.values() if outcome == "skipped")
         files = len({nodeid.split("::")[0] for nodeid in _FAULTS})
-        terminalreporter.write_line(
-            f"fault suite: {len(_FAULTS)} attacks and faults tried in {files} files, {passed} held"
-        )
+        line = f"fault suite: {len(_FAULTS) - skipped} attacks and faults tried in {files} files, {passed} held"
+        terminalreporter.write_line(line + (f" ({skipped} skipped here)" if skipped else ""))
