@@ -28,13 +28,17 @@ EXIT_NO_SERVER = 2
 
 def state_dir(cfg: Config) -> Path:
     """The fleet's state folder: `.mc` at the top of the config's repository."""
+    from mc.client import ClientError
+
     where = cfg.repo_path()
     try:
         top = subprocess.run(
             ["git", "-C", str(where), "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
         ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        top = str(where)
+    except (OSError, subprocess.CalledProcessError):  # nothing is made there: no .mc, no server
+        raise ClientError(
+            f"{where} is not a git repository: run `git init` there or point [repo] path at one"
+        ) from None
     return Path(top) / ".mc"
 
 

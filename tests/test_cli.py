@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mc.cli import build_parser
 
 MISSIONCTL = [sys.executable, "-m", "mc"]
@@ -155,3 +157,15 @@ def test_doctor_in_a_demo_repository_checks_the_scripted_model_not_openai(tmp_pa
     assert endpoint.startswith("ok") and "scripted" in endpoint, checked.stdout
     assert not [x for x in lines if "api key" in x], checked.stdout
     assert checked.returncode == 0, checked.stdout
+
+
+@pytest.mark.parametrize("command", [["approve", "x"], ["events"], ["stop"], ["spawn", "--name", "a", "--task", "t"]])
+def test_a_fleet_command_outside_a_repository_says_so_and_makes_nothing(tmp_path: Path, command: list[str]) -> None:
+    folder = tmp_path / "not-a-repo"
+    folder.mkdir()
+    done = missionctl(*command, cwd=folder)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"missionctl: {folder} is not a git repository: run `git init` there or point [repo] path at one"
+    ]
+    assert list(folder.iterdir()) == []  # no .mc, no server log
