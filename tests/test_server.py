@@ -233,3 +233,21 @@ async def test_checks_run_and_their_failure_goes_back_to_the_agent_through_the_s
         )
     finally:
         await client.close()
+
+
+async def test_two_commands_at_once_start_one_server_and_both_succeed(fleet_repo: Path) -> None:
+    repo = fleet_repo
+    args = [sys.executable, "-m", "mc"]
+    both = [
+        subprocess.Popen(
+            [*args, "spawn", "--name", n, "--task", "write", "--model", "writer"],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in ("one", "two")
+    ]
+    results = [p.communicate(timeout=60) for p in both]
+    assert [p.returncode for p in both] == [0, 0], results
+    assert len(server_pids(repo)) == 1

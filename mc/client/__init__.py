@@ -359,7 +359,14 @@ async def ensure_server(state_dir: Path, argv: list[str], *, timeout: float = ST
         if await answers(socket):
             return socket
         if proc.poll() is not None:
-            break
+            # ours ended: maybe because another command started the server a moment earlier (it holds the
+            # fleet's lock and listens once it has opened the fleet): wait a little for that one
+            with open(log_path, "rb") as fh:
+                fh.seek(start)
+                said = fh.read().decode(errors="replace")
+            if "already driven by process" not in said:
+                break
+            deadline = min(deadline, time.monotonic() + 10.0)
         await asyncio.sleep(0.05)
     with open(log_path, "rb") as fh:
         fh.seek(start)
