@@ -28,8 +28,27 @@ def marked(marker: str) -> list[psutil.Process]:
     return found
 
 
+def adopted_by_us(marker: str) -> list[psutil.Process]:
+    """The marked processes whose parent is now this process (the subreaper adopted them)."""
+    found = []
+    for p in marked(marker):
+        try:
+            if p.ppid() == os.getpid():
+                found.append(p)
+        except psutil.NoSuchProcess:  # one that just ended (the `true` escapee)
+            continue
+    return found
+
+
 def zombie_children() -> list[int]:
-    return [c.pid for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                found.append(child.pid)
+        except psutil.NoSuchProcess:  # reaped between the listing and the look
+            continue
+    return found
 
 
 async def until(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
@@ -73,7 +92,7 @@ async def test_kill_discard_and_close_end_what_was_adopted(repo, scripted, fleet
     fleet = await fleet_factory(cfg)
     await fleet.spawn(AgentConfig(name="esc", task="start things", policy="never"))
     await until(
-        lambda: len([p for p in marked(marker) if p.ppid() == os.getpid()]) >= 3,
+        lambda: len(adopted_by_us(marker)) >= 3,
         what="the escapees to be orphaned and adopted",
     )
     assert procs.find_tagged(fleet._tag(fleet.get("esc").id)), "the command itself carries the tag"
@@ -92,7 +111,7 @@ async def test_closing_the_fleet_ends_adopted_processes_that_left_the_worktree(r
     fleet = await fleet_factory(cfg)
     await fleet.spawn(AgentConfig(name="esc", task="start things", policy="never"))
     await until(
-        lambda: len([p for p in marked(marker) if p.ppid() == os.getpid()]) >= 3,
+        lambda: len(adopted_by_us(marker)) >= 3,
         what="the escapees to be orphaned and adopted",
     )
     await fleet.close()
