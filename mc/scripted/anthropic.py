@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from mc.scripted._http import Request, send_bytes, send_json
-from mc.scripted.conversation import Entry, content_text, next_turn, offered_tools, select_agent, situation
+from mc.scripted.conversation import Entry, content_text, offered_tools, select_agent
 from mc.scripted.scenario import Agent, Fault
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ async def _send_fault_status(writer: asyncio.StreamWriter, fault: Fault, agent: 
 
 async def complete_messages(server: ScriptedServer, request: Request, writer: asyncio.StreamWriter) -> bool:
     """Answer one ``POST /v1/messages`` (or ``/v1/messages/count_tokens``) from the server's scenario."""
-    from mc.scripted.server import DONE_TEXT, RecordedRequest, Reply, _Cut, _first, count_input_tokens, split_words
+    from mc.scripted.server import DONE_TEXT, RecordedRequest, Reply, _Cut, count_input_tokens, split_words
 
     try:
         body = json.loads(request.body or b"{}")
@@ -218,24 +218,7 @@ async def complete_messages(server: ScriptedServer, request: Request, writer: as
         reply = Reply(DONE_TEXT, [], f"msg_side_{uuid.uuid4().hex[:10]}")
         rate = 0.0
     else:
-        where = situation(agent, entries)
-        index = next_turn(agent, where)
-        turn = agent.turns[index] if index is not None else None
-        record.turn = index
-        fault = server._pick_fault(agent, turn)
-        record.fault = fault.kind if fault else ""
-        delay = _first(
-            server.first_byte_delay,
-            turn.first_byte_delay if turn else None,
-            agent.first_byte_delay,
-            server.scenario.first_byte_delay,
-        )
-        rate = _first(
-            server.tokens_per_second,
-            turn.tokens_per_second if turn else None,
-            agent.tokens_per_second,
-            server.scenario.tokens_per_second,
-        )
+        where, index, turn, fault, delay, rate = server.plan(agent, entries, record)
         if delay > 0:
             await asyncio.sleep(delay)
         if fault and fault.kind in ("429", "500"):

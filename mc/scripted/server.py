@@ -310,24 +310,7 @@ class ScriptedServer:
             await send_json(writer, 404, _error_body(message, "invalid_request_error", "model_not_found"))
             return True
 
-        where = situation(agent, entries)
-        index = next_turn(agent, where)
-        turn = agent.turns[index] if index is not None else None
-        record.turn = index
-        fault = self._pick_fault(agent, turn)
-        record.fault = fault.kind if fault else ""
-        delay = _first(
-            self.first_byte_delay,
-            turn.first_byte_delay if turn else None,
-            agent.first_byte_delay,
-            self.scenario.first_byte_delay,
-        )
-        rate = _first(
-            self.tokens_per_second,
-            turn.tokens_per_second if turn else None,
-            agent.tokens_per_second,
-            self.scenario.tokens_per_second,
-        )
+        where, index, turn, fault, delay, rate = self.plan(agent, entries, record)
         if delay > 0:
             await asyncio.sleep(delay)
         if fault and fault.kind in ("429", "500"):
@@ -363,6 +346,29 @@ class ScriptedServer:
             return True
         await send_json(writer, 200, data)
         return True
+
+    def plan(self, agent: Agent, entries: list[Any], record: RecordedRequest) -> tuple[Any, ...]:
+        """What answers this request, whatever the API: (where, turn index, turn, fault, first-byte delay, pace).
+        The turn and the fault are written into `record`."""
+        where = situation(agent, entries)
+        index = next_turn(agent, where)
+        turn = agent.turns[index] if index is not None else None
+        record.turn = index
+        fault = self._pick_fault(agent, turn)
+        record.fault = fault.kind if fault else ""
+        delay = _first(
+            self.first_byte_delay,
+            turn.first_byte_delay if turn else None,
+            agent.first_byte_delay,
+            self.scenario.first_byte_delay,
+        )
+        rate = _first(
+            self.tokens_per_second,
+            turn.tokens_per_second if turn else None,
+            agent.tokens_per_second,
+            self.scenario.tokens_per_second,
+        )
+        return where, index, turn, fault, delay, rate
 
     def _pick_fault(self, agent: Agent, turn: Turn | None) -> Fault | None:
         scoped = [*self.scenario.faults, *agent.faults, *([turn.fault] if turn and turn.fault else [])]
