@@ -655,6 +655,28 @@ class Fleet:
         agent.log.flush()
         return list(agent.log.lines)
 
+    def check_output(self, agent_id: str, limit: int = 64 * 1024) -> str:
+        """What the agent's last check printed, for the checks view: the failing tests' report when it failed,
+        else the end of its output (at most `limit` characters; "" when there is none). Blocking."""
+        agent = self.get(agent_id)
+        if not agent.check.output:
+            return ""
+        folder = (self.state_dir / "agents" / agent.id / "checks").resolve()
+        log_file = Path(agent.check.output).resolve()
+        if log_file.parent != folder:
+            return ""  # only the fleet's own files: the event names one there
+        for path in (log_file.with_suffix(".failures"), log_file):
+            try:
+                with open(path, "rb") as f:
+                    size = f.seek(0, os.SEEK_END)
+                    f.seek(max(0, size - limit * 4))
+                    text = f.read().decode("utf-8", "replace")
+            except OSError:
+                continue
+            if text.strip():
+                return text[-limit:]
+        return ""
+
     def summary(self) -> list[dict[str, Any]]:
         """What `missionctl ls` shows of each agent, from state.toml; an agent it lacks (or the numbers an older
         version did not write there) from the first event and the last megabyte of its log. No log is read

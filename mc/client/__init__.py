@@ -274,6 +274,10 @@ class FleetClient:
         data = await self.request("GET", f"/v1/agents/{name}/log")
         return [(kind, text) for kind, text in data["lines"]]
 
+    async def check_output(self, name: str) -> str:
+        data = await self.request("GET", f"/v1/agents/{name}/check-output")
+        return str(data.get("text", ""))
+
     # -- commands --------------------------------------------------------------------------------
     async def spawn(self, name: str, task: str, **fields: str) -> dict[str, Any]:
         return await self.request("POST", "/v1/agents", {"name": name, "task": task, **fields})
@@ -521,6 +525,11 @@ class RemoteFleet:
         """The whole log (blocking: call it in a thread, as for the in-process Fleet)."""
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(self.client.full_log(agent_id), self._loop).result(60)
+
+    def check_output(self, agent_id: str) -> str:
+        """What the agent's last check printed (blocking: call it in a thread, as for the in-process Fleet)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(self.client.check_output(agent_id), self._loop).result(60)
 
     # -- commands --------------------------------------------------------------------------------
     def _writable(self) -> None:

@@ -202,6 +202,7 @@ class FleetServer:
         r.add_post("/v1/spawn-configured", self._spawn_configured)
         r.add_get("/v1/agents/{name}/diff", self._diff)
         r.add_get("/v1/agents/{name}/log", self._log)
+        r.add_get("/v1/agents/{name}/check-output", self._check_output)
         r.add_post("/v1/agents/{name}/{action}", self._act)
         r.add_post("/v1/settle", self._settle)
         r.add_post("/v1/stop", self._stop)
@@ -309,6 +310,11 @@ class FleetServer:
         agent = self.fleet.get(request.match_info["name"])
         lines = await asyncio.to_thread(self.fleet.full_log, agent.id)
         return web.json_response({"lines": [list(line) for line in lines]})
+
+    async def _check_output(self, request: web.Request) -> web.Response:
+        agent = self.fleet.get(request.match_info["name"])
+        text = await asyncio.to_thread(self.fleet.check_output, agent.id)
+        return web.json_response({"check_id": agent.check.check_id, "text": text})
 
     async def _act(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

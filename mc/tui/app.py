@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
@@ -84,6 +84,8 @@ class MissionControl(App[int]):
         Binding("n", "new", "New", id="new", priority=True),
         Binding("m", "merge", "Merge", id="merge", priority=True),
         Binding("x", "discard", "Discard", id="discard", show=False, priority=True),
+        Binding("t", "run_checks", "Check", id="run_checks", show=False, priority=True),
+        Binding("f", "fix_checks", "Fix", id="fix_checks", show=False, priority=True),
         Binding("space", "next_decision", "Next", id="next_decision", priority=True),
         Binding("question_mark", "help", "Help", id="help", priority=True),
         Binding("q", "quit", "Quit", id="quit", priority=True),
@@ -510,8 +512,18 @@ class MissionControl(App[int]):
             return
 
         def answer(mode: str | None) -> None:
-            if mode:
+            if not mode:
+                return
+            flags = self.fleet.agents.get(agent.id, agent).flags
+            if not flags:
                 self._command(self._merge(agent, mode))
+                return
+
+            def confirmed(yes: bool | None) -> None:
+                if yes:
+                    self._command(self._merge(agent, mode))
+
+            self.open_dialog(ConfirmScreen(flags_question(agent.name, flags), "Merge anyway"), confirmed)
 
         self.open_dialog(MergeScreen(agent, diff, self.config.repo.merge), answer)
 
@@ -547,6 +559,32 @@ class MissionControl(App[int]):
     async def _discard(self, agent: Agent) -> None:
         ref = await self.fleet.discard(agent.id)
         self.notify(f"{agent.name}: discarded; the work is kept at {ref}")
+
+    @decision
+    def action_run_checks(self) -> None:
+        agent = self._need_agent()
+        if agent is None:
+            return
+        if agent.status in ("merged", "discarded"):
+            self.notify(f"{agent.name} is {agent.status}: there is nothing to check", severity="warning")
+            return
+        self._command(self.fleet.run_checks(agent.id), f"{agent.name}: checks started")
+
+    @decision
+    def action_fix_checks(self) -> None:
+        agent = self._need_agent()
+        if agent is None:
+            return
+        if agent.check.state != "failed":
+            self.notify(
+                f"{agent.name}'s checks have not failed ({agent.check.summary()}): "
+                f"{self.key_hint('run_checks')} runs them",
+                severity="warning",
+            )
+            return
+        n = len(agent.check.failing) or agent.check.failed + agent.check.errors
+        done = f"{agent.name}: the {n} failing test{'s' if n != 1 else ''} went back to it"
+        self._command(self.fleet.fix_checks(agent.id), done)
 
     def action_next_decision(self) -> None:
         nxt = self.fleet.next_needing_decision(after=self.current_id())
@@ -663,6 +701,11 @@ HELP_TEXT = {
     "new": "start a new agent (name, task, runner, model, base, policy)",
     "merge": "merge the agent's work into its base branch (shows the diff; ff, merge or squash)",
     "discard": "discard the agent's worktree and branch (asks; a snapshot ref keeps the work)",
+    "run_checks": "run the agent's checks now: the tests its diff touches ([checks] in the config)",
+    "fix_checks": "send the failing tests' output back to the agent as one instruction: fix them",
+    "checks_view": "zoom: show the checks (what ran, why, what failed and its output) in place of the diff",
+    "next_flag": "zoom: jump to the next risk flag in the diff",
+    "prev_flag": "zoom: jump to the previous risk flag in the diff",
     "next_decision": "jump to the next agent that needs a decision",
     "help": "this help",
     "quit": "quit (asks when agents are running; the fleet stays on disk)",
@@ -693,6 +736,14 @@ PALETTE = [
     ("help", "Keys", "show every key"),
     ("stop_fleet", "Stop the fleet", "end every agent and the fleet server (running agents come back interrupted)"),
 ]
+
+
+def flags_question(name: str, flags: Sequence[ev.Flag], shown: int = 6) -> str:
+    """The merge's one more question when the diff is flagged: every flag named (the first `shown`)."""
+    named = [f"{f.rule} ({f.path}:{f.line})" if f.line else f"{f.rule} ({f.path})" for f in flags[:shown]]
+    more = f" and {len(flags) - shown} more" if len(flags) > shown else ""
+    n = len(flags)
+    return f"{name}'s diff has {n} risk flag{'s' if n != 1 else ''}: {', '.join(named)}{more}. Merge it anyway?"
 
 
 def _all_bindings() -> list[Binding]:

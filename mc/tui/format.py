@@ -151,23 +151,108 @@ def diff_style(line: str) -> str:
     return ""
 
 
+_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,\d+)? @@")
+
+
+def diff_line_index(lines: Sequence[str], path: str, line: int) -> int | None:
+    """The index in a unified diff's `lines` that shows `path` at line `line` of its new side (a removal: where
+    the lines were), or the file's header for line 0; None when the diff does not show that file."""
+    start: int | None = None
+    new: int | None = None  # the new side's line number of the next line, inside a hunk
+    for i, text in enumerate(lines):
+        if text.startswith("diff --git "):
+            if start is not None:
+                break  # past the file: the line is not in a hunk shown
+            if text.endswith(f" b/{path}"):
+                start = i
+            continue
+        if start is None:
+            if text == f"+++ b/{path}":
+                start = i
+            continue
+        m = _HUNK.match(text)
+        if m:
+            new = int(m.group(1))
+        elif line > 0 and new is not None and text[:1] in ("+", " ", "-"):
+            if new >= line:
+                return i
+            if text[:1] != "-":
+                new += 1
+    return start
+
+
 def diff_lines(text: str) -> list[tuple[str, str]]:
     """A unified diff as (style, line) pairs."""
     return [(diff_style(line), line) for line in text.splitlines()]
 
 
-def header_text(agent: Agent, now: float, *, waiting_lines: int = 0) -> Text:
-    """The one-line summary of an agent: status, runner, elapsed, tokens, files and +/- lines."""
+def money(value: float | None) -> str:
+    """A cost on screen: "$0.42", "$0.004"; "" when unknown (no price: nothing shown, never a guess)."""
+    if value is None:
+        return ""
+    if value == 0:
+        return "$0"
+    return f"${value:,.2f}" if value >= 0.1 else f"${value:.3f}" if value >= 0.001 else "<$0.001"
+
+
+def check_badge(agent: Agent, *, short: bool = False) -> Text:
+    """The agent's checks in a word or two: "✓ 12 passed", "✗ 2 of 14 failed", "… checking", "— no checks"
+    (short, for a row: "✓12", "✗2/14", "…", "—"); "stale" follows a result the diff changed after."""
+    check = agent.check
+    state = check.state
+    if state == "running":
+        t = Text("…" if short else "… checking", style=f"bold {YELLOW}")
+    elif state == "passed":
+        word = (f"✓{check.passed}" if check.total else "✓") if short else check.summary()
+        t = Text(word, style=f"bold {ADDED}")
+    elif state == "failed":
+        bad = check.failed + check.errors
+        word = (f"✗{bad}/{check.total}" if check.total else "✗") if short else check.summary()
+        t = Text(word, style=f"bold {REMOVED}")
+    elif state == "error":
+        t = Text("✗ err" if short else f"✗ checks: {check.reason or 'error'}", style=f"bold {REMOVED}")
+    else:
+        t = Text("—" if short else "— no checks", style=MUTED)
+    if agent.check_stale and state in ("passed", "failed", "error"):
+        t.append(" stale", style=YELLOW)
+    return t
+
+
+#: Flag severity → style, the worst first.
+FLAG_STYLE = {"high": f"bold {REMOVED}", "medium": f"bold {YELLOW}", "low": MUTED}
+
+
+def flags_badge(agent: Agent, *, short: bool = False) -> Text:
+    """The agent's risk flags: "⚑ 3 flags" in the colour of the worst (short: "⚑3"); empty when it has none."""
+    flags = agent.flags
+    if not flags:
+        return Text()
+    worst = next((s for s in FLAG_STYLE if any(f.severity == s for f in flags)), "low")
+    n = len(flags)
+    return Text(f"⚑{n}" if short else f"⚑ {n} flag{'s' if n != 1 else ''}", style=FLAG_STYLE[worst])
+
+
+def header_text(agent: Agent, now: float, *, waiting_lines: int = 0, cost: str = "") -> Text:
+    """The one-line summary of an agent: status, runner, elapsed, tokens (and `cost`, when its price is
+    known), files and +/- lines, its checks and its risk flags."""
     t = Text(no_wrap=True, overflow="ellipsis")
     t.append_text(status_text(agent.status))
     t.append(f" {duration(elapsed(agent, now))}")
     t.append(f" {tokens_text(agent)} tok", style=MUTED)
+    if cost:
+        t.append(f" {cost}", style=MUTED)
     files = agent.files_changed
     t.append(f" {files} file{'s' if files != 1 else ''} ")
     t.append(f"+{agent.lines_added}", style=ADDED)
     t.append("/")
     t.append(f"-{agent.lines_removed}", style=REMOVED)
     t.append(f" {agent.runner}", style=MUTED)
+    if agent.check.state != "none" or agent.check.reason:
+        t.append("  ")
+        t.append_text(check_badge(agent))
+    if agent.flags:
+        t.append("  ")
+        t.append_text(flags_badge(agent))
     if waiting_lines:
         t.append(f"  ⏸ {waiting_lines} new", style=f"bold {VIOLET}")
     return t

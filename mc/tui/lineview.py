@@ -121,6 +121,13 @@ class LineView(ScrollView, can_focus=True):
             starts.append(row)
         self._starts = starts
 
+    def row_of(self, index: int) -> int:
+        """The row at which line `index` starts (its index, unless the view wraps)."""
+        if not self.wrap:
+            return index
+        self._update_starts()
+        return self._starts[min(max(0, index), len(self._starts) - 1)]
+
     def plain_text(self) -> str:
         """Everything in the view as plain text (for tests and copying)."""
         return "\n".join(text for _, text in (*self._lines, *self._partial))

@@ -18,34 +18,52 @@ from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Static
 from textual.widgets._footer import FooterKey
 
+from mc import cost
 from mc.agent import Agent
 from mc.config import APPROVE_POLICIES, RUNNERS, AgentConfig
 from mc.tui.format import (
     ADDED,
     CYAN,
+    FLAG_STYLE,
     LOG_STYLE,
     MONITOR_BADGE,
     MUTED,
     REMOVED,
     YELLOW,
+    check_badge,
     clean,
+    diff_line_index,
     diff_lines,
     first_fitting,
     header_text,
+    money,
 )
 from mc.tui.lineview import LineView
 from mc.tui.widgets import AgentList, AgentPane, ApprovalBox, LogFeed, SummaryBar, proposal_lines
 
 #: Actions that need an agent and a fleet that can be driven (a monitor says where to take them instead).
 DECISION_ACTIONS = frozenset(
-    {"approve", "approve_all", "deny", "redirect", "interrupt", "resume", "kill", "new", "merge", "discard"}
+    {
+        "approve",
+        "approve_all",
+        "deny",
+        "redirect",
+        "interrupt",
+        "resume",
+        "kill",
+        "new",
+        "merge",
+        "discard",
+        "run_checks",
+        "fix_checks",
+    }
 )
 
 #: Which footer items yield first when the line is short (higher goes first); help and quit never do, and
 #: the help lists every key.
 FOOTER_YIELDS = {"quit": 0, "help": 0, "next_decision": 1, "approve": 1, "deny": 1, "redirect": 1, "back": 1}
 FOOTER_YIELDS_DEFAULT = 2
-FOOTER_YIELDS_FIRST = {"interrupt": 4, "history": 4, "new": 3, "zoom": 2, "merge": 2}
+FOOTER_YIELDS_FIRST = {"interrupt": 4, "history": 4, "checks_view": 4, "next_flag": 4, "new": 3, "zoom": 2, "merge": 2}
 PALETTE_HINT_MIN_WIDTH = 120
 
 
@@ -286,7 +304,7 @@ class FleetScreen(Screen):
                 pane.sync(agent, now, keys)
         if self.agent_list is not None:
             self.agent_list.set_state(agents, app.selected, now)
-        self.summary.show_fleet(agents, keys)
+        self.summary.show_fleet(agents, keys, app.config)
 
     def tick(self) -> None:
         """Once a second: elapsed times of the agents at work."""
@@ -354,6 +372,11 @@ class ZoomScreen(Screen):
     BINDINGS = [
         Binding("escape", "back", "Back", id="back", priority=True),
         Binding("home", "history", "Whole log", id="history", priority=True, tooltip="load the whole log from disk"),
+        Binding(
+            "T", "checks_view", "Checks", id="checks_view", priority=True, tooltip="the checks in place of the diff"
+        ),
+        Binding("right_square_bracket", "flag(1)", "Next flag", id="next_flag", priority=True),
+        Binding("left_square_bracket", "flag(-1)", "Prev flag", id="prev_flag", show=False, priority=True),
     ]
 
     def __init__(self, agent_id: str) -> None:
@@ -366,6 +389,11 @@ class ZoomScreen(Screen):
         self.diff_view = LineView(follow=False, max_lines=1_000_000, wrap=True, id="zoom-diff")
         self.proposal_view = LineView(follow=False, max_lines=1_000_000, wrap=True, id="zoom-proposal")
         """The whole of a pending proposal (a write's diff, a long command): read it all before approving."""
+        self.checks_view = LineView(follow=False, max_lines=1_000_000, wrap=True, id="zoom-checks")
+        """The last check: what ran and why, what failed, and its output (T shows it in place of the diff)."""
+        self._checks_shown: tuple[Any, ...] | None = None
+        self._check_output: tuple[str, str] = ("", "")  # (check id, what it printed)
+        self._flag = -1  # the flag ] and [ last jumped to
         self.files = Static(id="zoom-files")
         self.feed = LogFeed(self.log_view)
         self._diff: Diff | bool | None = False
@@ -390,6 +418,7 @@ class ZoomScreen(Screen):
                 with VerticalScroll(id="files-box"):
                     yield self.files
                 yield self.diff_view
+                yield self.checks_view
                 yield self.proposal_view
         yield NarrowFooter(compact=True)
 
@@ -412,6 +441,7 @@ class ZoomScreen(Screen):
     def on_mount(self) -> None:
         self.log_view.border_title = "log"
         self.diff_view.border_title = "diff"
+        self.checks_view.border_title = "checks"
         self.query_one("#split").set_class(self.size.width < 120, "stacked")
         self.set_focus(self.log_view)
         self.show_agent(self.agent_id)
@@ -425,6 +455,9 @@ class ZoomScreen(Screen):
         self._diff = False
         self._version = -1
         self._proposal = None
+        self._checks_shown = None
+        self._flag = -1
+        self.diff_view.border_subtitle = ""
         self.sync(True)
 
     def sync(self, diff_changed: bool = False) -> None:
@@ -440,6 +473,7 @@ class ZoomScreen(Screen):
             self.query_one("#zoom-approval").display = bool(agent.pending)
             self._show_proposal(agent)
             self.feed.sync(agent)
+            self._show_checks(agent)
         diff = fleet.diff(agent.id)
         if diff is not self._diff or diff_changed or agent.status != self._diff_status:
             self._diff = diff
@@ -451,7 +485,8 @@ class ZoomScreen(Screen):
         agent = fleet.agents.get(self.agent_id) if fleet is not None else None
         if agent is None:
             return
-        t = header_text(agent, self.mc.now(), waiting_lines=self.log_view.waiting)
+        price = money(cost.agent_cost(agent, self.mc.config))
+        t = header_text(agent, self.mc.now(), waiting_lines=self.log_view.waiting, cost=price)
         t.append("\n")
         t.append(f"{agent.branch} from {agent.base_ref}  ", style=MUTED)
         t.append("task: ", style="bold")
@@ -496,6 +531,104 @@ class ZoomScreen(Screen):
         y = self.diff_view.scroll_y
         self.diff_view.set_lines(diff_lines(diff.text) if diff is not None else [])
         self.diff_view.scroll_to(y=y, animate=False)
+
+    # -- checks and flags -----------------------------------------------------------------------
+    def action_checks_view(self) -> None:
+        """Show the checks in place of the diff, or the diff again."""
+        split = self.query_one("#split")
+        split.toggle_class("checking")
+        if split.has_class("checking"):
+            self.set_focus(self.checks_view)
+        elif self.focused is self.checks_view:
+            self.set_focus(self.diff_view)
+        fleet = self.mc.fleet
+        agent = fleet.agents.get(self.agent_id) if fleet is not None else None
+        if agent is not None:
+            self._show_checks(agent)
+
+    def _show_checks(self, agent: Agent) -> None:
+        """Paint the checks view when it shows and what it would show changed; the output comes from disk (or
+        the server) in a worker, once per check."""
+        if not self.query_one("#split").has_class("checking"):
+            return
+        check = agent.check
+        output_id, output = self._check_output
+        key = (agent.id, check, agent.check_stale, output_id, len(output))
+        if key == self._checks_shown:
+            return
+        self._checks_shown = key
+        keys = self.mc.key_hint
+        lines: list[tuple[str, str]] = []
+        badge = check_badge(agent)
+        lines.append((str(badge.style) or "bold", badge.plain))
+        if agent.check_stale:
+            lines.append((YELLOW, "stale: the diff changed after this check ran"))
+        if check.state == "none" and not check.command:
+            why = check.reason or "no check has run yet"
+            lines.append((MUTED, f"{why}; {keys('run_checks')} runs them ([checks] test in the config)"))
+        if check.command:
+            took = f"  {check.duration:.1f} s" if check.duration else ""
+            when = {"idle": "after a turn", "merge": "before a merge", "manual": "asked for"}.get(check.trigger, "")
+            lines.append(("bold", f"ran: {check.command}"))
+            lines.append((MUTED, f"{check.scope}{': ' + check.why if check.why else ''}{took}  ({when})"))
+        if check.selected:
+            lines.append(("bold", f"selected ({len(check.selected)}):"))
+            lines.extend(("", f"  {line}") for line in check.selected)
+        if check.failing:
+            lines.append((f"bold {REMOVED}", f"failing ({len(check.failing)}):"))
+            lines.extend((REMOVED, f"  {name}") for name in check.failing)
+        if check.state == "error" and check.reason:
+            lines.append((REMOVED, check.reason))
+        if check.state in ("failed", "error", "passed"):
+            verb = "sends the failures back to the agent" if check.state == "failed" else ""
+            hint = f"{keys('run_checks')} runs them again" + (f" · {keys('fix_checks')} {verb}" if verb else "")
+            lines.append((MUTED, hint))
+        if check.output and output_id != check.check_id:
+            self.run_worker(self._load_check_output(agent.id, check.check_id), group="check-output", exclusive=True)
+        if output and output_id == check.check_id:
+            lines.append(("bold", "─ output " + "─" * 30))
+            lines.extend(("", line) for line in output.splitlines())
+        self.checks_view.set_lines(lines)
+        self.checks_view.border_subtitle = f"{keys('checks_view')}: diff"
+
+    async def _load_check_output(self, agent_id: str, check_id: str) -> None:
+        fleet = self.mc.fleet
+        if fleet is None:
+            return
+        try:
+            text = await asyncio.to_thread(fleet.check_output, agent_id)
+        except Exception as exc:  # the server is gone, say: the view says so rather than nothing
+            text = f"(the output could not be read: {exc})"
+        if agent_id == self.agent_id:
+            self._check_output = (check_id, text)
+            agent = fleet.agents.get(agent_id)
+            if agent is not None:
+                self._show_checks(agent)
+
+    def action_flag(self, direction: int) -> None:
+        """Jump to the next (or previous) risk flag: the diff scrolls to its line, and says what it is."""
+        fleet = self.mc.fleet
+        agent = fleet.agents.get(self.agent_id) if fleet is not None else None
+        if agent is None:
+            return
+        flags = agent.flags
+        if not flags:
+            self.notify(f"{agent.name}'s diff has no risk flags", timeout=3)
+            return
+        split = self.query_one("#split")
+        if split.has_class("checking"):
+            self.action_checks_view()  # back to the diff, where the flag is
+        self._flag = (self._flag + direction) % len(flags) if self._flag >= 0 or direction > 0 else len(flags) - 1
+        flag = flags[self._flag]
+        where = f"{flag.path}:{flag.line}" if flag.line else flag.path
+        sub = Text(f"⚑ {self._flag + 1}/{len(flags)} ", style=FLAG_STYLE.get(flag.severity, "bold"))
+        sub.append(f"{flag.rule} {where}: {clean(flag.message)}")
+        self.diff_view.border_subtitle = sub.markup
+        diff = None if isinstance(self._diff, bool) else self._diff
+        index = diff_line_index(diff.text.splitlines(), flag.path, flag.line) if diff is not None else None
+        if index is not None:
+            self.diff_view.scroll_to(y=self.diff_view.row_of(index), animate=False, immediate=True)
+        self.set_focus(self.diff_view)
 
     def _show_proposal(self, agent: Agent) -> None:
         """While an approval that proposes more than its summary waits, the diff side shows all of it, with
@@ -790,6 +923,7 @@ class MergeScreen(Dialog[str | None]):
                 classes="dialog-title merge-title",
             )
             yield Static(diff_summary(self.diff), classes="merge-summary")
+            yield Static(merge_evidence(a), classes="merge-evidence")
             view = LineView(follow=False, max_lines=1_000_000, wrap=True, id="merge-diff")
             view.set_lines(diff_lines(self.diff.text) if self.diff is not None else [])
             yield view
@@ -814,6 +948,25 @@ class MergeScreen(Dialog[str | None]):
     def _pressed(self, event: Button.Pressed) -> None:
         mode = (event.button.id or "").removeprefix("mode-")
         self.dismiss(None if mode == "cancel" else mode)
+
+
+def merge_evidence(agent: Agent, shown: int = 5) -> Text:
+    """What the merge dialog says beside the diff: the checks, and each risk flag with its file and line."""
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append("checks: ", style="bold")
+    t.append_text(check_badge(agent))
+    if not agent.flags:
+        t.append("   no risk flags", style=MUTED)
+        return t
+    n = len(agent.flags)
+    t.append(f"\n{n} risk flag{'s' if n != 1 else ''} (a merge asks once more):", style="bold")
+    for flag in agent.flags[:shown]:
+        where = f"{flag.path}:{flag.line}" if flag.line else flag.path
+        t.append("\n ⚑ ", style=FLAG_STYLE.get(flag.severity, "bold"))
+        t.append(f"{flag.severity:<6} {flag.rule}  {clean(where)}  {clean(flag.message)}")
+    if n > shown:
+        t.append(f"\n   and {n - shown} more (] in the zoom jumps to each)", style=MUTED)
+    return t
 
 
 def diff_summary(diff: Diff | None) -> Text:

@@ -18,6 +18,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
+from mc import cost
 from mc import events as ev
 from mc.agent import Agent, AgentLog
 from mc.tui.format import (
@@ -32,12 +33,16 @@ from mc.tui.format import (
     SELECTED_ROW,
     STATUS_STYLE,
     YELLOW,
+    check_badge,
     diff_lines,
     duration,
     elapsed,
     first_fitting,
+    flags_badge,
     header_text,
     key_rows,
+    money,
+    short_number,
     status_text,
     tokens_text,
 )
@@ -289,7 +294,10 @@ class AgentPane(Vertical):
         prefix = f"{self.index} " if 0 < self.index < 10 else ""
         title = f"{prefix}{agent.name}"
         subtitle = f"paused · {self.log_view.waiting} new · end: follow" if not self.log_view.follow else ""
-        head = header_text(agent, now, waiting_lines=self.log_view.waiting)
+        app: Any = self.app
+        head = header_text(
+            agent, now, waiting_lines=self.log_view.waiting, cost=money(cost.agent_cost(agent, app.config))
+        )
         if (title, subtitle, head.plain, agent.status) == self._header:
             return  # nothing new to show: no repaint
         self._header = (title, subtitle, head.plain, agent.status)
@@ -336,6 +344,10 @@ class AgentList(Widget, can_focus=False):
                     a.lines_added,
                     a.lines_removed,
                     bool(a.pending),
+                    a.check.state,
+                    a.check.check_id,
+                    a.check_stale,
+                    tuple(f.severity for f in a.flags),
                 )
                 for a in self.agents
             ),
@@ -374,6 +386,13 @@ class AgentList(Widget, can_focus=False):
             line.append(f"+{a.lines_added}", style=ADDED)
             line.append("/")
             line.append(f"-{a.lines_removed}", style=REMOVED)
+            badges = Text(" ")
+            badges.append_text(check_badge(a, short=True))
+            badges.align("left", 12)
+            badges.append_text(flags_badge(a, short=True))
+            badges.align("left", 16)
+            if line.cell_len + badges.cell_len + (11 if a.pending else 0) <= width:
+                line.append_text(badges)  # checks and flags yield first: the pane and the zoom show them too
             if a.pending:
                 line.append("  ")
                 line.append("NEEDS YOU", style=NEEDS_YOU)
@@ -398,10 +417,20 @@ class SummaryBar(Static):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._shown: tuple[list[Agent], KeyHint] | None = None
+        self._shown: tuple[list[Agent], KeyHint, str] | None = None
+        self._painted: tuple[Any, ...] | None = None
 
-    def show_fleet(self, agents: Sequence[Agent], keys: KeyHint) -> None:
-        self._shown = (list(agents), keys)
+    def show_fleet(self, agents: Sequence[Agent], keys: KeyHint, config: Any = None) -> None:
+        """Show these agents' counts (and, given the config, the fleet's tokens and cost at its [prices])."""
+        total = ""
+        if config is not None:
+            t = cost.totals(agents, config)
+            if t.reported:
+                price = money(t.cost)
+                total = f"{short_number(t.tokens)} tok" + (f" {price}" if price else "")
+                if price and not t.cost_complete:
+                    total += "+"  # some agents' models have no price: the sum is a floor
+        self._shown = (list(agents), keys, total)
         self._paint()
 
     def on_resize(self) -> None:
@@ -410,14 +439,18 @@ class SummaryBar(Static):
 
     def _paint(self) -> None:
         assert self._shown is not None
-        agents, keys = self._shown
+        agents, keys, total = self._shown
         counts: dict[str, int] = {}
         for a in agents:
             counts[a.status] = counts.get(a.status, 0) + 1
         need = sum(1 for a in agents if a.pending)
         shown = [s for s in STATUS_STYLE if counts.get(s)]
+        painted = (tuple(counts.items()), need, total, keys("next_decision"), self.content_region.width)
+        if painted == self._painted:
+            return  # the same line: no repaint
+        self._painted = painted
 
-        def line(hint: bool, words: bool) -> Text:
+        def line(hint: bool, words: bool, totals: bool = True) -> Text:
             t = Text(no_wrap=True, overflow="ellipsis")
             t.append(f" {len(agents)} agent{'s' if len(agents) != 1 else ''} ", style="bold")
             t.append(" │ ")
@@ -438,8 +471,18 @@ class SummaryBar(Static):
                     glyph, style = STATUS_STYLE[status]
                     t.append(glyph, style=style)
                     t.append(f"{counts[status]}")
+            if total and totals:
+                t.append("  │ ")
+                t.append(f"Σ {total}", style=MUTED)
             return t
 
-        # what yields first: the hint (the footer has it too), then the words of the statuses, then their end
-        candidates = [line(True, True), line(False, True), line(True, False), line(False, False)]
+        # what yields first: the hint (the footer has it too), then the words of the statuses, then the totals
+        # (the zoom and the compare view have them too), then the statuses' end
+        candidates = [
+            line(True, True),
+            line(False, True),
+            line(True, False),
+            line(False, False),
+            line(False, False, totals=False),
+        ]
         self.update(first_fitting(self.content_region.width or candidates[0].cell_len, candidates))
