@@ -1,5 +1,6 @@
 """The demo fleet: a copy of a small sample project, the scripted model server started in this process, and
-five agents whose scenarios show every state. No API key, no network.
+agents whose scenarios show every state and every part of the review loop (checks that pass, checks that fail and
+are fixed after `f`, a flagged diff). No API key, no network.
 
 A fleet the demo started says so in its state (`[demo] scenario = "demo"`). Whoever opens it again — `missionctl`
 in its repository, or `missionctl demo --dir` on its folder — gets the scripted server started again on a fresh
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mc.config import AgentConfig, Config
+from mc.config import AgentConfig, ChecksConfig, Config, PriceConfig
 from mc.store import STATE_FOLDER, Store, StoreError, demo_scenario
 
 #: The bundled scenario the demo plays (mc/scripted/scenarios/demo.toml); recorded by name in the state.
@@ -61,15 +62,21 @@ DEMO_AGENTS = [
     ),
     AgentConfig(
         name="demo-refactor",
-        task="Add a slugify helper to app/text.py with tests, and mention it in the README.",
+        task="Add a slugify helper to the text helpers, with tests, and mention it in the README.",
         model="demo-refactor",
         policy="commands",
     ),
     AgentConfig(
         name="demo-flaky",
-        task="Rename shout() to exclaim() everywhere.",
+        task="Make title_case keep acronyms such as NASA as they are.",
         model="demo-flaky",
         policy="writes",
+    ),
+    AgentConfig(
+        name="demo-rename",
+        task="Rename shout() to exclaim() everywhere.",
+        model="demo-rename",
+        policy="never",
     ),
     AgentConfig(
         name="demo-docs",
@@ -139,6 +146,11 @@ def demo_settings(cfg: Config, repo: Path) -> None:
     cfg.model.model = "demo"
     cfg.policy.allow_commands = ["python -m unittest", "ls", "cat", "seq"]
     cfg.agents = [AgentConfig(**vars(a)) for a in DEMO_AGENTS]
+    # every agent's work arrives checked: the tests its diff touches, after each turn that changed it
+    cfg.checks = ChecksConfig(test="python -m unittest -q", affected="python -m unittest -q {tests}", on="idle")
+    # the scripted models at the example config's price, so that the demo shows what a fleet costs
+    models = {a.model for a in cfg.agents} | {cfg.model.model}
+    cfg.prices = {m: PriceConfig(input=0.25, output=2.0) for m in sorted(models) if m}
 
 
 def serve_demo(cfg: Config, scenario: str, repo: Path) -> Any:

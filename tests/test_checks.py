@@ -605,3 +605,45 @@ async def test_an_agents_own_checks_hold_after_a_restart(repo_app: Path, scripte
     await again.run_checks("o")
     check = await again.wait_checks("o")
     assert (check.command, check.state, check.passed) == ("echo '3 passed, 0 failed'", "passed", 3)
+
+
+def test_unittests_real_output_gives_counts_and_failing_names(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "app/__init__.py": "",
+            "app/text.py": "def shout(s):\n    return s\n",
+            "tests/__init__.py": "",
+            "tests/test_t.py": (
+                "import unittest\nfrom app.text import shout\n\n\nclass T(unittest.TestCase):\n"
+                "    def test_a(self):\n        self.assertEqual(shout('a'), 'A')\n\n"
+                "    def test_b(self):\n        pass\n\n"
+                "    @unittest.skip('later')\n    def test_s(self):\n        pass\n\n"
+                "    def test_c(self):\n        raise ValueError('broken on purpose')\n"
+            ),
+            "tests/test_bad.py": "import unittest\nfrom app.text import nope\n",
+        },
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "unittest", "-q", "tests/test_t.py", "tests/test_bad.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    counts = parse_output(run.stdout + run.stderr)
+    assert (counts.passed, counts.failed, counts.errors, counts.skipped, counts.total) == (1, 1, 2, 1, 5)
+    assert set(counts.failing) == {"tests.test_t.T.test_a", "tests.test_t.T.test_c", "test_bad (failed to import)"}
+    reports = dict(counts.failures)
+    assert "AssertionError: 'a' != 'A'" in reports["tests.test_t.T.test_a"]
+    assert "ValueError: broken on purpose" in reports["tests.test_t.T.test_c"]
+    assert "cannot import name 'nope'" in reports["test_bad (failed to import)"]
+    ok = subprocess.run(
+        [sys.executable, "-m", "unittest", "-q", "tests/test_t.py", "-k", "test_b"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    passing = parse_output(ok.stdout + ok.stderr)
+    assert (passing.passed, passing.total, passing.failing) == (1, 1, ())

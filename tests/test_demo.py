@@ -4,6 +4,7 @@ Real subprocesses, real git, the real openai client against the scripted server 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -147,3 +148,43 @@ def test_a_demo_folder_that_holds_something_else_is_refused_in_one_line(tmp_path
         assert not (target / ".mc").exists()
     else:
         assert target.read_text() == "mine\n"
+
+
+async def test_the_demo_shows_the_review_loop(tmp_path: Path) -> None:
+    """Checks that pass, checks that fail and are fixed after `f`, and a flagged diff: each on the demo's own
+    sample project, its own tests run by the checks."""
+    demo = start_demo(tmp_path / "demo")
+    fleet = Fleet(demo.config)
+    await fleet.open()
+    try:
+        for name in ("demo-refactor", "demo-rename", "demo-docs"):
+            await fleet.spawn(next(a for a in DEMO_AGENTS if a.name == name))
+        for _ in range(3):  # demo-refactor asks for its test command
+            assert await fleet.wait_settled(120)
+            refactor = fleet.get("demo-refactor")
+            if not refactor.pending:
+                break
+            await fleet.approve("demo-refactor")
+        assert await fleet.wait_settled(120)
+        refactor, rename, docs = (fleet.get(n) for n in ("demo-refactor", "demo-rename", "demo-docs"))
+        assert (await fleet.wait_checks("demo-refactor")).summary() == "✓ 4 passed"
+        check = await fleet.wait_checks("demo-rename")
+        assert check.state == "failed", (check.state, check.reason)
+        assert check.selected == ("tests/test_text.py ← app/text.py",)
+        text = await fleet.fix_checks("demo-rename")
+        assert text.startswith("These tests fail")
+        assert await fleet.wait_settled(120)
+        await fleet.wait_checks("demo-rename")
+        for _ in range(200):  # the fix's own turn is checked after it ends
+            if rename.check.state == "passed" and not rename.check_stale:
+                break
+            await asyncio.sleep(0.1)
+        assert rename.check.summary() == "✓ 2 passed"
+        flags = await fleet.wait_flags("demo-docs")
+        rules = {(f.rule, f.path) for f in flags}
+        assert any(path == ".github/workflows/docs.yml" and rule.startswith("ci") for rule, path in rules), rules
+        assert any("curl" in f.message or "curl" in f.rule for f in flags), flags
+        assert not refactor.flags and not rename.flags
+    finally:
+        await fleet.close()
+        demo.stop()

@@ -562,7 +562,7 @@ def test_load_scenario_missing_file(tmp_path: Path) -> None:
 # -- the demo fleet --------------------------------------------------------------------------------
 
 
-def test_demo_scenario_has_the_five_agents() -> None:
+def test_demo_scenario_has_an_agent_for_each_demo_agent() -> None:
     scenario = load_scenario("demo")
     assert [a.name for a in scenario.agents] == [
         "demo-tests",
@@ -570,6 +570,7 @@ def test_demo_scenario_has_the_five_agents() -> None:
         "demo-flaky",
         "demo-docs",
         "demo-stream",
+        "demo-rename",
     ]
     tools = {c.tool for a in scenario.agents for t in a.turns for c in t.calls}
     assert tools <= set(TOOL_NAMES)
@@ -583,7 +584,9 @@ async def test_demo_agents_play_through(serve) -> None:
         writes = await _play(c, "demo-refactor", outputs={"shell": "Ran 4 tests in 0.001s\n\nOK"})
         assert sorted(writes) == ["README.md", "app/text.py", "tests/test_text.py"]
         docs = await _play(c, "demo-docs", outputs={})
-        assert list(docs) == ["docs/usage.md"]
+        assert list(docs) == ["docs/usage.md", ".github/workflows/docs.yml"]
+        renamed = await _play(c, "demo-rename", outputs={})
+        assert list(renamed) == ["app/text.py"]
         await _play(c, "demo-stream", outputs={"shell": "\n".join(str(i) for i in range(1, 2001))})
     stream_reply = server.requests_for("demo-stream")[-1]
     assert stream_reply.turn == 1

@@ -100,6 +100,9 @@ _JEST = re.compile(r"^\s*Tests:\s+(.*\btotal)\s*$")
 _VITEST = re.compile(r"^\s*Tests\s+(.*)\((\d+)\)\s*$")
 _GO_FAIL = re.compile(r"^\s*--- FAIL: (\S+)")
 _GO_PASS = re.compile(r"^\s*--- PASS: (\S+)")
+_UNITTEST_RAN = re.compile(r"^Ran (\d+) tests? in [\d.]+s$")
+_UNITTEST_END = re.compile(r"^(OK|FAILED)(?: \((.*)\))?$")
+_UNITTEST_CASE = re.compile(r"^(FAIL|ERROR): (\S+) \(([^)]*)\)")
 _PLAIN = re.compile(r"^(?:\w+: )?(\d+) passed, (\d+) failed(?:, (\d+) skipped)?\s*$")
 
 
@@ -134,11 +137,58 @@ def _pytest_sections(lines: list[str]) -> dict[str, str]:
     return sections
 
 
+def _parse_unittest(lines: list[str], end: int) -> Counts | None:
+    """Counts from unittest's closing lines ("Ran 4 tests in 0.001s", then "OK" or "FAILED (failures=1)") at
+    `end`, with each failing test's name (its id, as `python -m unittest` takes it) and traceback."""
+    ran = next((i for i in range(end - 1, -1, -1) if lines[i].strip()), None)
+    m_ran = _UNITTEST_RAN.match(lines[ran].strip()) if ran is not None else None
+    m_end = _UNITTEST_END.match(lines[end].strip())
+    if m_ran is None or m_end is None:
+        return None
+    found = {k.strip(): int(v) for k, v in re.findall(r"(\w+)=(\d+)", m_end.group(2) or "")}
+    failed, errors = found.get("failures", 0), found.get("errors", 0)
+    skipped = found.get("skipped", 0)
+    failures: list[tuple[str, str]] = []
+    for i, line in enumerate(lines[:ran]):
+        m = _UNITTEST_CASE.match(line)
+        if m is None or i == 0 or not lines[i - 1].startswith("====="):
+            continue
+        method, where = m.group(2), m.group(3)
+        if where.startswith("unittest.loader._FailedTest"):
+            name = f"{method} (failed to import)"
+        else:
+            name = where if where.endswith("." + method) else f"{where}.{method}"
+        body = []
+        for text in lines[i + 1 : ran]:
+            if text.startswith("=====") or _UNITTEST_CASE.match(text):
+                break
+            body.append(text)
+        while body and (not body[-1].strip() or body[-1].startswith("-----")):
+            body.pop()
+        failures.append((name, _cut("\n".join(body).strip("-\n"))))
+    total = int(m_ran.group(1))
+    return Counts(
+        passed=max(0, total - failed - errors - skipped),
+        failed=failed,
+        errors=errors,
+        skipped=skipped,
+        failing=tuple(name for name, _ in failures),
+        failures=tuple(failures),
+        counted=True,
+    )
+
+
 def parse_text(output: str) -> Counts:
-    """Counts from a test runner's text output (pytest, Jest, Vitest, go test, or a plain closing line)."""
+    """Counts from a test runner's text output (pytest, unittest, Jest, Vitest, go test, or a plain closing
+    line)."""
     lines = output.splitlines()
-    for line in reversed(lines):
+    for index in range(len(lines) - 1, -1, -1):
+        line = lines[index]
         stripped = line.strip()
+        if _UNITTEST_END.match(stripped):
+            unittest_counts = _parse_unittest(lines, index)
+            if unittest_counts is not None:
+                return unittest_counts
         if _NO_TESTS.match(stripped):
             return Counts(counted=True, no_tests=True)
         if _PYTEST_SUMMARY.match(stripped) and re.search(_PYTEST_WORDS, stripped):
