@@ -232,27 +232,30 @@ def flags_badge(agent: Agent, *, short: bool = False) -> Text:
     return Text(f"⚑{n}" if short else f"⚑ {n} flag{'s' if n != 1 else ''}", style=FLAG_STYLE[worst])
 
 
-def header_text(agent: Agent, now: float, *, waiting_lines: int = 0, cost: str = "") -> Text:
-    """The one-line summary of an agent: status, runner, elapsed, tokens (and `cost`, when its price is
-    known), files and +/- lines, its checks and its risk flags."""
+def header_text(
+    agent: Agent, now: float, *, waiting_lines: int = 0, cost: str = "", short_badges: bool = False
+) -> Text:
+    """The one-line summary of an agent, what a reviewer needs first at the front (a narrow pane cuts its end):
+    status, elapsed, its checks and risk flags (`short_badges`: "✗2/14" for "✗ 2 of 14 failed"), files and
+    +/- lines, tokens (and `cost`, when its price is known), runner."""
     t = Text(no_wrap=True, overflow="ellipsis")
     t.append_text(status_text(agent.status))
     t.append(f" {duration(elapsed(agent, now))}")
-    t.append(f" {tokens_text(agent)} tok", style=MUTED)
-    if cost:
-        t.append(f" {cost}", style=MUTED)
+    if agent.check.state != "none" or agent.check.reason:
+        t.append(" ")
+        t.append_text(check_badge(agent, short=short_badges))
+    if agent.flags:
+        t.append(" ")
+        t.append_text(flags_badge(agent, short=short_badges))
     files = agent.files_changed
     t.append(f" {files} file{'s' if files != 1 else ''} ")
     t.append(f"+{agent.lines_added}", style=ADDED)
     t.append("/")
     t.append(f"-{agent.lines_removed}", style=REMOVED)
+    t.append(f" {tokens_text(agent)} tok", style=MUTED)
+    if cost:
+        t.append(f" {cost}", style=MUTED)
     t.append(f" {agent.runner}", style=MUTED)
-    if agent.check.state != "none" or agent.check.reason:
-        t.append("  ")
-        t.append_text(check_badge(agent))
-    if agent.flags:
-        t.append("  ")
-        t.append_text(flags_badge(agent))
     if waiting_lines:
         t.append(f"  ⏸ {waiting_lines} new", style=f"bold {VIOLET}")
     return t

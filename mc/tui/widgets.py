@@ -154,8 +154,21 @@ def status_notice(agent: Agent, keys: KeyHint, width: int = 0) -> Text | None:
         actions = (("resume", "resume"), ("redirect", "redirect"), ("kill", "kill"))
     elif agent.status == "idle" and agent.files_changed:
         t.append(" READY FOR REVIEW ", style=REVIEW_BADGE)
-        t.append(f" {agent.files_changed} file{'s' if agent.files_changed != 1 else ''} changed\n")
+        t.append(f" {agent.files_changed} file{'s' if agent.files_changed != 1 else ''} changed")
+        evidence = []
+        if agent.check.state != "none":
+            evidence.append(check_badge(agent))
+        if agent.flags:
+            evidence.append(flags_badge(agent))
+        if evidence:  # what the review starts from: did the tests pass, what must not be missed
+            t.append("\n")
+            for i, badge in enumerate(evidence):
+                t.append("  " if i else "")
+                t.append_text(badge)
+        t.append("\n")
         actions = (("zoom", "review"), ("merge", "merge"), ("redirect", "redirect"), ("discard", "discard"))
+        if agent.check.state == "failed":
+            actions = (("fix_checks", "send failures back"), *actions)
     else:
         return None
     t.append_text(key_rows([(keys(binding_id), label) for binding_id, label in actions], width))
@@ -296,7 +309,11 @@ class AgentPane(Vertical):
         subtitle = f"paused · {self.log_view.waiting} new · end: follow" if not self.log_view.follow else ""
         app: Any = self.app
         head = header_text(
-            agent, now, waiting_lines=self.log_view.waiting, cost=money(cost.agent_cost(agent, app.config))
+            agent,
+            now,
+            waiting_lines=self.log_view.waiting,
+            cost=money(cost.agent_cost(agent, app.config)),
+            short_badges=self.size.width < 72,
         )
         if (title, subtitle, head.plain, agent.status) == self._header:
             return  # nothing new to show: no repaint
