@@ -40,6 +40,21 @@ from harness import (
 from stream import PAD, fleet_server_pid, line_text
 
 
+class Window(Tmux):
+    """A window in a tmux server of its own: a new socket each time, so that a server just killed is never
+    the one the next window starts."""
+
+    count = 0
+
+    def __init__(self, args: list[str], cwd: Path, size: str = "120x40") -> None:
+        Window.count += 1
+        self.unique = f"mckills{os.getpid()}-{Window.count}"
+        super().__init__(args, cwd, size=size)
+
+    def _tm(self) -> list[str]:
+        return ["tmux", "-L", self.unique]
+
+
 def ls(cfg: Path) -> list[dict]:
     run = subprocess.run(
         [sys.executable, "-m", "mc", "ls", "--json", "--config", str(cfg)], capture_output=True, text=True, timeout=60
@@ -69,7 +84,7 @@ def main() -> None:
     server = Server(scenario, d, tokens_per_second=args.rate)
     cfg = write_config(d / "mc.toml", repo, server.base_url, [{"name": n, "task": "stream", "model": n} for n in names])
     state = repo / ".mc"
-    first = Tmux(["run", "--config", str(cfg)], d, size="120x40")  # starts the fleet server and the agents
+    first = Window(["run", "--config", str(cfg)], d)  # starts the fleet server and the agents
     try:
         if not first.wait_for(rf"{args.agents} agents", 120):
             raise SystemExit("the fleet did not start:\n" + first.screen())
@@ -78,7 +93,7 @@ def main() -> None:
         subprocess.run([*first._tm(), "kill-server"], capture_output=True)
         attach, hung = [], 0
         for what in rounds:
-            window = Tmux(["--config", str(cfg)], d, size="120x40")
+            window = Window(["--config", str(cfg)], d)
             shown = window.wait_for(rf"{args.agents} agents", 20)
             if shown is None:
                 hung += 1

@@ -36,8 +36,33 @@ STATUSES: tuple[str, ...] = (
 )
 #: States in which the agent's runner is alive and may act on its own.
 ACTIVE_STATUSES = frozenset({"starting", "running", "waiting"})
-#: States from which nothing more happens to the agent.
+#: States from which nothing more happens to the agent by itself (a failed agent can still be resumed).
 FINAL_STATUSES = frozenset({"merged", "discarded", "killed", "failed"})
+#: The work has left the fleet: merged into its base, or discarded (a snapshot ref keeps it); no worktree.
+DONE_STATUSES = frozenset({"merged", "discarded"})
+#: States a turn ends in, where the engineer's next decision is awaited.
+SETTLED_STATUSES = frozenset({"idle", "interrupted", "failed", "killed"})
+
+#: Every status change an agent may make: status → the statuses it may go to ("" is a new agent). The fleet
+#: checks each change against it (`allowed`); one that is not here is a defect, logged as an error.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "": frozenset({"starting", "failed"}),
+    "starting": frozenset({"running", "waiting", "idle", "interrupted", "failed", "killed", "discarded"}),
+    "running": frozenset({"waiting", "idle", "interrupted", "failed", "killed", "discarded"}),
+    "waiting": frozenset({"running", "idle", "interrupted", "failed", "killed", "discarded"}),
+    "idle": frozenset({"running", "waiting", "interrupted", "failed", "killed", "merged", "discarded"}),
+    "interrupted": frozenset({"running", "waiting", "idle", "failed", "killed", "merged", "discarded"}),
+    "failed": frozenset({"running", "waiting", "interrupted", "killed", "merged", "discarded"}),
+    "killed": frozenset({"merged", "discarded"}),
+    "merged": frozenset(),
+    "discarded": frozenset(),
+}
+
+
+def allowed(previous: str, status: str) -> bool:
+    """Whether an agent in `previous` may change to `status` (see TRANSITIONS)."""
+    return status in TRANSITIONS.get(previous, frozenset())
+
 
 #: Kinds of tool call, as the approval policy sees them.
 CallKind = Literal["read", "write", "command"]

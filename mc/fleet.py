@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Diff", "Fleet", "FleetError", "FleetLocked", "MergeResult"]
 
 #: Statuses in which an agent's work may be merged or discarded.
-SETTLED = frozenset({"idle", "interrupted", "failed", "killed"})
+SETTLED = ev.SETTLED_STATUSES
 
 
 #: Events that change what `missionctl ls` shows of an agent (besides its status).
@@ -101,6 +101,7 @@ class Fleet:
         self._fleet_key = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
         self._preload: asyncio.Task[None] | None = None
         self._unwritten: dict[str, ev.StatusChanged] = {}
+        self._bad_transitions: set[tuple[str, str]] = set()
         """Agents stopped because their log refused an event → that failure, shown, to write once the disk can."""
         self._halting: set[str] = set()  # their runner is being stopped: what it still says is dropped
         self._state_unsaved = False
@@ -425,6 +426,8 @@ class Fleet:
         written as soon as the disk takes it) and LogUnwritable says why."""
         if self.readonly:
             raise FleetError("this fleet is open read-only (a monitor): it cannot change anything")
+        if isinstance(event, ev.StatusChanged):
+            self._check_transition(event)
         self._write(event)
         self._deliver(event)
         if isinstance(event, _SHOWN_BY_LS):
@@ -441,6 +444,20 @@ class Fleet:
                     self._after_turn(event.agent)
                 if event.status == "idle":
                     self._checks_after_turn(event.agent)
+
+    def _check_transition(self, event: ev.StatusChanged) -> None:
+        """A status change that events.TRANSITIONS does not allow is a defect: say so, loudly, once per kind
+        (it is still applied: the log is the truth of what happened)."""
+        agent = self.agents.get(event.agent)
+        previous = agent.status if agent is not None else ""
+        if previous == event.status or ev.allowed(previous, event.status):
+            return
+        key = (previous, event.status)
+        if key not in self._bad_transitions:
+            self._bad_transitions.add(key)
+            log.error(
+                "status change not in events.TRANSITIONS: %s → %s (agent %s)", previous, event.status, event.agent
+            )
 
     def _try_emit(self, event: ev.Event) -> bool:
         """`emit` where a full disk must not stop what is being done (opening, closing): False if refused."""

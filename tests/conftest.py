@@ -141,6 +141,20 @@ def _no_fleet_server_outlives_its_test(tmp_path: Path) -> Iterator[None]:
     end_fleet_servers(tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def _every_status_change_is_in_the_table(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every status change a fleet in this process makes is one events.TRANSITIONS allows (the fleet logs any
+    other as an error): each test that drives a fleet checks the table."""
+    yield
+    bad = [
+        r.getMessage()
+        for when in ("setup", "call", "teardown")
+        for r in caplog.get_records(when)  # type: ignore[arg-type]
+        if r.name == "mc.fleet" and "not in events.TRANSITIONS" in r.getMessage()
+    ]
+    assert not bad, bad
+
+
 _FAULTS: dict[str, str] = {}
 
 
