@@ -110,8 +110,8 @@ class DiffCursor:
 
     def position(self) -> str:
         hunk = self.current()
-        if hunk is None:
-            return f"{len(self.hunks)} hunk{'s' if len(self.hunks) != 1 else ''}" if self.hunks else ""
+        if hunk is None:  # the diff's title stays as it was until a hunk is selected
+            return ""
         return f"hunk {self.index + 1} of {len(self.hunks)} · {hunk.path}:{hunk.line}"
 
 
