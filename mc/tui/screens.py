@@ -66,7 +66,17 @@ DECISION_ACTIONS = frozenset(
 #: the help lists every key.
 FOOTER_YIELDS = {"quit": 0, "help": 0, "next_decision": 1, "approve": 1, "deny": 1, "redirect": 1, "back": 1}
 FOOTER_YIELDS_DEFAULT = 2
-FOOTER_YIELDS_FIRST = {"interrupt": 4, "history": 4, "checks_view": 4, "next_flag": 4, "new": 3, "zoom": 2, "merge": 2}
+FOOTER_YIELDS_FIRST = {
+    "comment": 5,
+    "review": 5,
+    "interrupt": 4,
+    "history": 4,
+    "checks_view": 4,
+    "next_flag": 4,
+    "new": 3,
+    "zoom": 2,
+    "merge": 2,
+}
 PALETTE_HINT_MIN_WIDTH = 120
 
 
