@@ -151,6 +151,65 @@ class CheckState:
         return "— no checks" + (f": {self.reason}" if self.reason else "")
 
 
+@dataclass(frozen=True)
+class Comment:
+    """A review comment on the agent's diff, as its CommentAdded event made it."""
+
+    id: str
+    path: str
+    line: int
+    text: str
+    quote: tuple[str, ...] = ()
+    hunk: tuple[str, ...] = ()
+    header: str = ""
+    ts: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Comment:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class ReviewState:
+    """The last review sent to the agent: its comments and, after the turn that followed, whether each comment's
+    hunk changed."""
+
+    review_id: str = ""
+    number: int = 0
+    """How many reviews were sent (this one's number)."""
+    comments: tuple[Comment, ...] = ()
+    marks: dict[str, str] = field(default_factory=dict)
+    """comment id → "changed" or "unchanged" (empty until a turn after the review has ended)."""
+    sent: float = 0.0
+    turns: int = 0
+    """Turns the agent began since the review was sent."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "review_id": self.review_id,
+            "number": self.number,
+            "comments": [c.to_dict() for c in self.comments],
+            "marks": dict(self.marks),
+            "sent": self.sent,
+            "turns": self.turns,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReviewState:
+        return cls(
+            review_id=str(data.get("review_id", "")),
+            number=int(data.get("number", 0)),
+            comments=tuple(Comment.from_dict(c) for c in data.get("comments", [])),
+            marks={str(k): str(v) for k, v in (data.get("marks") or {}).items()},
+            sent=float(data.get("sent", 0.0)),
+            turns=int(data.get("turns", 0)),
+        )
+
+
 @dataclass
 class Agent:
     """Everything the fleet knows about one agent. Mutated only through `apply`."""
@@ -194,6 +253,12 @@ class Agent:
     """The digest of the diff (DiffChanged.digest): what a check's result is compared with."""
     check: CheckState = field(default_factory=CheckState)
     """The last check of its tests (mc/checks)."""
+    comments: tuple[Comment, ...] = ()
+    """The review being written: comments on the diff not sent yet, in the order they were made."""
+    comments_made: int = 0
+    """Comments ever made (the next one's id is c<comments_made + 1>)."""
+    review: ReviewState = field(default_factory=ReviewState)
+    """The last review sent."""
     pending: dict[str, ev.ApprovalRequested] = field(default_factory=dict)
     remembered: set[str] = field(default_factory=set)
     conversation: list[dict[str, Any]] = field(default_factory=list)
@@ -293,6 +358,8 @@ class Agent:
                     self.error = event.reason
                 elif event.status in ("running", "starting"):
                     self.error = ""
+                if event.status in ("running", "starting") and self.review.review_id:
+                    self.review = dataclasses.replace(self.review, turns=self.review.turns + 1)
                 if event.status not in ("waiting", "running", "starting"):
                     self.pending.clear()  # idle, interrupted or final: no approval is still open
                 log.flush()
@@ -412,6 +479,45 @@ class Agent:
                 if event.failing:
                     text += ": " + ", ".join(event.failing[:5]) + (" …" if len(event.failing) > 5 else "")
                 log.add(kind, text)
+            case ev.CommentAdded():
+                comment = Comment(
+                    id=event.comment_id,
+                    path=event.path,
+                    line=event.line,
+                    text=event.text,
+                    quote=event.quote,
+                    hunk=event.hunk,
+                    header=event.header,
+                    ts=event.ts,
+                )
+                self.comments = (*[c for c in self.comments if c.id != comment.id], comment)
+                self.comments_made += 1
+                first = event.text.strip().splitlines()[0] if event.text.strip() else ""
+                log.flush()
+                log.add("info", f"✎ comment on {event.path}:{event.line}: {first}")
+            case ev.CommentRemoved():
+                gone = next((c for c in self.comments if c.id == event.comment_id), None)
+                self.comments = tuple(c for c in self.comments if c.id != event.comment_id)
+                if gone is not None:
+                    log.add("info", f"✎ comment on {gone.path}:{gone.line} deleted")
+            case ev.ReviewSent():
+                sent = tuple(c for c in self.comments if c.id in event.comments)
+                self.comments = tuple(c for c in self.comments if c.id not in event.comments)
+                self.review = ReviewState(
+                    review_id=event.review_id, number=self.review.number + 1, comments=sent, sent=event.ts
+                )
+                log.flush()
+                n = len(sent)
+                log.add("info", f"✎ review sent: {n} comment{'s' if n != 1 else ''}")
+            case ev.ReviewChecked():
+                if event.review_id == self.review.review_id:
+                    marks = dict.fromkeys(event.changed, "changed") | dict.fromkeys(event.unchanged, "unchanged")
+                    self.review = dataclasses.replace(self.review, marks=marks)
+                    log.add(
+                        "info",
+                        f"✎ after the review: {len(event.changed)} commented hunk"
+                        f"{'s' if len(event.changed) != 1 else ''} changed, {len(event.unchanged)} unchanged",
+                    )
             case ev.Committed():
                 log.add(
                     "ok", f"committed {event.commit[:10]}: {event.message.splitlines()[0] if event.message else ''}"
@@ -447,6 +553,8 @@ _CODECS: dict[str, tuple[Any, Any]] = {
     "diff_files": (lambda v: [dataclasses.asdict(f) for f in v], lambda d: tuple(ev.FileStat(**f) for f in d)),
     "flags": (lambda v: [dataclasses.asdict(f) for f in v], lambda d: tuple(ev.Flag.from_dict(f) for f in d)),
     "check": (CheckState.to_dict, CheckState.from_dict),
+    "comments": (lambda v: [c.to_dict() for c in v], lambda d: tuple(Comment.from_dict(c) for c in d)),
+    "review": (ReviewState.to_dict, ReviewState.from_dict),
     "pending": (lambda v: [e.to_dict() for e in v.values()], lambda d: _events(d, ev.ApprovalRequested, "approval_id")),
     "remembered": (sorted, set),
     "conversation": (list, list),

@@ -396,5 +396,52 @@ class CheckFinished(Event):
     digest: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class CommentAdded(Event):
+    """The engineer commented on a hunk (or one line of it) of the agent's diff: part of the next review."""
+
+    type: ClassVar[str] = "review_comment"
+    comment_id: str
+    path: str
+    line: int
+    """The new file's line the comment is anchored at (`path:line` in the review)."""
+    text: str
+    quote: tuple[str, ...] = ()
+    """The diff lines it quotes (with their ` `/`+`/`-`): the hunk's changes, or the one line commented on."""
+    hunk: tuple[str, ...] = ()
+    """The whole hunk (its body lines) as it was: what "changed" / "unchanged" is judged by after the review."""
+    header: str = ""
+    """The hunk's `@@ … @@` line."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommentRemoved(Event):
+    """A comment not sent yet was deleted from the review."""
+
+    type: ClassVar[str] = "review_comment_removed"
+    comment_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewSent(Event):
+    """The comments went to the agent as one instruction (a redirect, which follows as a user message)."""
+
+    type: ClassVar[str] = "review_sent"
+    review_id: str
+    comments: tuple[str, ...]
+    """The ids of the comments it holds, in order."""
+    text: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewChecked(Event):
+    """After a turn that followed the review: which comments' hunks the diff changed, and which it did not."""
+
+    type: ClassVar[str] = "review_checked"
+    review_id: str
+    changed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+
+
 #: Events that belong in the human log of an agent (the rest is bookkeeping).
 HIDDEN_TYPES = frozenset({"conversation", "runner_state", "text_delta"})

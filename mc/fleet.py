@@ -32,6 +32,8 @@ from mc.flags import FlagScanner, scanner_for
 from mc.git import Diff as Diff
 from mc.git import DiffScheduler, GitError, MergeResult, Repo
 from mc.git.repo import MergeRecovery, fault_point
+from mc.review import marks as review_marks
+from mc.review import review_text
 from mc.store import FleetLocked, LogWriteError, Store, StoreError, atomic_write, demo_scenario
 from mc.tools import safe_env
 from mc.watch import WorktreeWatcher
@@ -120,6 +122,7 @@ class Fleet:
         self._flag_scanners: dict[str, FlagScanner] = {}  # agent → its scanner (which keeps per-file results)
         self._flag_next: dict[str, Diff] = {}  # agent → the newest diff its scan has not read yet
         self._flag_tasks: dict[str, asyncio.Task[None]] = {}
+        self._review_tasks: dict[str, asyncio.Task[None]] = {}  # agent → the marking of its last review
         self.checks = Checks(config.checks.parallel)
         """The agents' checks: at most [checks] parallel at once (mc/checks)."""
         self._sigchld: tuple[asyncio.AbstractEventLoop, list[asyncio.TimerHandle]] | None = None
@@ -444,6 +447,8 @@ class Fleet:
                     self._after_turn(event.agent)
                 if event.status == "idle":
                     self._checks_after_turn(event.agent)
+                if event.status in ("idle", "interrupted", "failed"):
+                    self._review_after_turn(event.agent)
 
     def _check_transition(self, event: ev.StatusChanged) -> None:
         """A status change that events.TRANSITIONS does not allow is a defect: say so, loudly, once per kind
@@ -998,16 +1003,20 @@ class Fleet:
         for req in list(agent.pending.values()):
             self.emit(ev.ApprovalResolved(agent=agent.id, approval_id=req.approval_id, decision="deny", reason=reason))
 
+    def _redirectable(self, agent: Agent) -> None:
+        """Raise FleetError when the agent can take no new instruction."""
+        if agent.status in ("merged", "discarded"):
+            raise FleetError(f"{agent.name} is {agent.status}: start a new agent instead")
+        if agent.status == "killed" and not Path(agent.worktree).is_dir():
+            raise FleetError(f"{agent.name} was killed and its worktree is gone: start a new agent instead")
+
     async def redirect(self, agent_id: str, text: str) -> None:
         """Give a new instruction: the current turn stops and the conversation goes on with it."""
         self._check_writable()
         agent = self.get(agent_id)
         if not text.strip():
             raise FleetError("an empty instruction: type what the agent should do instead")
-        if agent.status in ("merged", "discarded"):
-            raise FleetError(f"{agent.name} is {agent.status}: start a new agent instead")
-        if agent.status == "killed" and not Path(agent.worktree).is_dir():
-            raise FleetError(f"{agent.name} was killed and its worktree is gone: start a new agent instead")
+        self._redirectable(agent)
         self._cancel_pending(agent, "the engineer gave a new instruction instead")
         self.emit(ev.UserMessage(agent=agent.id, text=text, redirect=True))
         await self._runners_loaded()
@@ -1015,6 +1024,117 @@ class Fleet:
             await self._runner(agent.id).send(text)
         except RunnerError as exc:
             raise FleetError(str(exc)) from None
+
+    # -- review ----------------------------------------------------------------------------------
+    async def add_comment(
+        self,
+        agent_id: str,
+        path: str,
+        line: int,
+        text: str,
+        *,
+        quote: tuple[str, ...] | list[str] = (),
+        hunk: tuple[str, ...] | list[str] = (),
+        header: str = "",
+    ) -> str:
+        """Comment on a hunk (or one line) of the agent's diff: `path:line`, the diff lines it quotes, the whole
+        hunk it belongs to (what "changed" is judged by after the review) and the text. It waits in the review
+        until `send_review`. Returns its id."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        if agent.status in ("merged", "discarded"):
+            raise FleetError(f"{agent.name} is {agent.status}: there is no diff to comment on")
+        if not text.strip():
+            raise FleetError("an empty comment: type what should change in this hunk")
+        if not path.strip():
+            raise FleetError("a comment needs the path of the file it is about")
+        if line < 0:
+            raise FleetError(f"line {line}: a comment's line is 1 or more (0: the whole file)")
+        comment_id = f"c{agent.comments_made + 1}"
+        self.emit(
+            ev.CommentAdded(
+                agent=agent.id,
+                comment_id=comment_id,
+                path=path,
+                line=int(line),
+                text=text.strip(),
+                quote=tuple(str(q) for q in quote),
+                hunk=tuple(str(h) for h in hunk),
+                header=header,
+            )
+        )
+        return comment_id
+
+    async def remove_comment(self, agent_id: str, comment_id: str) -> None:
+        """Delete a comment of the review that was not sent yet."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        if not any(c.id == comment_id for c in agent.comments):
+            ids = ", ".join(c.id for c in agent.comments) or "none"
+            raise FleetError(f"{agent.name} has no unsent comment {comment_id!r} (its unsent comments: {ids})")
+        self.emit(ev.CommentRemoved(agent=agent.id, comment_id=comment_id))
+
+    async def send_review(self, agent_id: str) -> str:
+        """Send every unsent comment to the agent as one instruction, each under its `path:line` with the lines
+        it quotes, as a redirect: the agent goes on from there. After its next turn each comment is marked
+        changed or unchanged (ReviewChecked). Returns the text sent."""
+        self._check_writable()
+        agent = self.get(agent_id)
+        comments = agent.comments
+        if not comments:
+            raise FleetError(f"{agent.name} has no comments to send: write one with c on a hunk of its diff")
+        self._redirectable(agent)
+        text = review_text(comments)
+        review_id = f"r{agent.review.number + 1}"
+        self.emit(ev.ReviewSent(agent=agent.id, review_id=review_id, comments=tuple(c.id for c in comments), text=text))
+        await self.redirect(agent.id, text)
+        return text
+
+    def _review_after_turn(self, agent_id: str) -> None:
+        """A turn that followed the review ended: mark each of its comments changed or unchanged, from the diff."""
+        agent = self.agents.get(agent_id)
+        if agent is None or self.readonly or not agent.review.review_id or not agent.review.turns:
+            return
+        if not agent.worktree or not Path(agent.worktree).is_dir():
+            return
+        previous = self._review_tasks.get(agent_id)
+        with contextlib.suppress(RuntimeError):  # no loop: nothing is marked
+            task = asyncio.get_running_loop().create_task(
+                self._mark_review(agent_id, previous), name=f"mark the review of {agent_id}"
+            )
+            self._review_tasks[agent_id] = task
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _mark_review(self, agent_id: str, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await previous
+        agent = self.agents[agent_id]
+        review = agent.review
+        try:
+            diff = await self.refresh_diff(agent_id)
+        except (GitError, OSError, FleetError) as exc:
+            self._try_emit(ev.ErrorEvent(agent=agent_id, message=f"the review could not be marked: {exc}"))
+            return
+        marks = await asyncio.to_thread(review_marks, review.comments, diff.text)
+        if agent.review.review_id != review.review_id or marks == agent.review.marks:
+            return
+        self._try_emit(
+            ev.ReviewChecked(
+                agent=agent_id,
+                review_id=review.review_id,
+                changed=tuple(k for k, v in marks.items() if v == "changed"),
+                unchanged=tuple(k for k, v in marks.items() if v == "unchanged"),
+            )
+        )
+
+    async def wait_review(self, agent_id: str) -> dict[str, str]:
+        """Wait until the marking of the agent's last review (if one runs) is done; its marks."""
+        agent = self.get(agent_id)
+        while (task := self._review_tasks.get(agent.id)) is not None and not task.done():
+            await asyncio.wait({task})
+        return dict(agent.review.marks)
 
     async def interrupt(self, agent_id: str) -> None:
         """Stop the current turn; the agent stays, resumable."""

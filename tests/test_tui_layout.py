@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(90)
 #: (key, what it does) of every item the footer may show, as the footer writes them
 FOOTER_ITEMS = {
     "⏎ Zoom", "a Approve", "d Deny", "r Redirect", "i Interrupt", "n New", "m Merge", "space Next",
-    "? Help", "q Quit", "esc Back", "home Whole log", "T Checks", "] Next flag", "^p palette",
+    "? Help", "q Quit", "esc Back", "home Whole log", "T Checks", "] Next flag", "^p palette", "c Comment",
+    "C Review",
 }  # fmt: skip
 
 

@@ -317,6 +317,16 @@ class FleetClient:
     async def fix_checks(self, name: str) -> str:
         return str((await self._act(name, "fix")).get("text") or "")
 
+    async def add_comment(self, name: str, path: str, line: int, text: str, **anchor: Any) -> str:
+        body = {"path": path, "line": line, "text": text, **anchor}
+        return str((await self._act(name, "comment", body)).get("comment_id") or "")
+
+    async def remove_comment(self, name: str, comment_id: str) -> None:
+        await self._act(name, "uncomment", {"comment_id": comment_id})
+
+    async def send_review(self, name: str) -> str:
+        return str((await self._act(name, "review")).get("text") or "")
+
     async def stop(self) -> None:
         """Stop the fleet server: every agent ends (mid-turn ones as interrupted), the socket goes away."""
         await self.request("POST", "/v1/stop")
@@ -590,6 +600,32 @@ class RemoteFleet:
     async def fix_checks(self, agent_id: str) -> str:
         self._writable()
         return await self.client.fix_checks(agent_id)
+
+    async def add_comment(
+        self,
+        agent_id: str,
+        path: str,
+        line: int,
+        text: str,
+        *,
+        quote: tuple[str, ...] | list[str] = (),
+        hunk: tuple[str, ...] | list[str] = (),
+        header: str = "",
+    ) -> str:
+        """Comment on a hunk (or a line) of the agent's diff; it waits in the review until `send_review`."""
+        self._writable()
+        return await self.client.add_comment(
+            agent_id, path, line, text, quote=list(quote), hunk=list(hunk), header=header
+        )
+
+    async def remove_comment(self, agent_id: str, comment_id: str) -> None:
+        self._writable()
+        await self.client.remove_comment(agent_id, comment_id)
+
+    async def send_review(self, agent_id: str) -> str:
+        """Send the review (every unsent comment) to the agent as one instruction; returns its text."""
+        self._writable()
+        return await self.client.send_review(agent_id)
 
     async def stop(self) -> None:
         """Stop the fleet server itself: every agent ends."""

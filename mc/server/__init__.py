@@ -361,6 +361,21 @@ class FleetServer:
             }
         elif action == "discard":
             result = {"ok": True, "snapshot_ref": await fleet.discard(agent.id)}
+        elif action == "comment":
+            comment_id = await fleet.add_comment(
+                agent.id,
+                str(body.get("path") or ""),
+                int(body.get("line") or 0),
+                str(body.get("text") or ""),
+                quote=[str(q) for q in body.get("quote") or []],
+                hunk=[str(h) for h in body.get("hunk") or []],
+                header=str(body.get("header") or ""),
+            )
+            result = {"ok": True, "comment_id": comment_id}
+        elif action == "uncomment":
+            await fleet.remove_comment(agent.id, str(body.get("comment_id") or ""))
+        elif action == "review":
+            result = {"ok": True, "text": await fleet.send_review(agent.id)}
         elif action == "check":
             await fleet.run_checks(agent.id)
         elif action == "fix":

@@ -302,7 +302,7 @@ class MissionControl(App[int]):
                 continue
             keys = self._keys.get(binding.id) or binding.key
             shown = ", ".join(_KEY_NAMES.get(k.strip(), k.strip()) for k in keys.split(","))
-            rows.append((binding.id, shown, HELP_TEXT.get(binding.id, binding.description)))
+            rows.append((binding.id, shown, HELP_TEXT.get(binding.id) or binding.tooltip or binding.description))
         rows.append(("", "ctrl+p", "command palette: every action, and jump to any agent"))
         return rows
 

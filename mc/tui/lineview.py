@@ -162,6 +162,15 @@ class LineView(ScrollView, can_focus=True):
             self._partial = self._prepared(partial)
         self._changed(len(new))
 
+    def set_styles(self, styles: dict[int, str]) -> None:
+        """Give some lines (by index) another style; their text, so the rows they take, stay as they are."""
+        lines = self._lines
+        for index, style in styles.items():
+            if 0 <= index < len(lines):
+                lines[index] = (style, lines[index][1])
+        if styles:
+            self.refresh()
+
     def _changed(self, added: int) -> None:
         self.virtual_size = Size(max(1, self.scrollable_content_region.width), self.row_count)
         if self.follow:

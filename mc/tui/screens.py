@@ -39,6 +39,7 @@ from mc.tui.format import (
     money,
 )
 from mc.tui.lineview import LineView
+from mc.tui.review import REVIEW_BINDINGS, DiffCursor, ReviewKeys
 from mc.tui.widgets import AgentList, AgentPane, ApprovalBox, LogFeed, SummaryBar, proposal_lines
 
 #: Actions that need an agent and a fleet that can be driven (a monitor says where to take them instead).
@@ -56,6 +57,8 @@ DECISION_ACTIONS = frozenset(
         "discard",
         "run_checks",
         "fix_checks",
+        "comment",
+        "send_review",
     }
 )
 
@@ -63,7 +66,17 @@ DECISION_ACTIONS = frozenset(
 #: the help lists every key.
 FOOTER_YIELDS = {"quit": 0, "help": 0, "next_decision": 1, "approve": 1, "deny": 1, "redirect": 1, "back": 1}
 FOOTER_YIELDS_DEFAULT = 2
-FOOTER_YIELDS_FIRST = {"interrupt": 4, "history": 4, "checks_view": 4, "next_flag": 4, "new": 3, "zoom": 2, "merge": 2}
+FOOTER_YIELDS_FIRST = {
+    "comment": 5,
+    "review": 5,
+    "interrupt": 4,
+    "history": 4,
+    "checks_view": 4,
+    "next_flag": 4,
+    "new": 3,
+    "zoom": 2,
+    "merge": 2,
+}
 PALETTE_HINT_MIN_WIDTH = 120
 
 
@@ -366,8 +379,9 @@ class FleetScreen(Screen):
                     pane.update_header(agent, self.mc.now())
 
 
-class ZoomScreen(Screen):
-    """One agent: its log and its diff side by side (stacked when narrow), both live."""
+class ZoomScreen(ReviewKeys, Screen):
+    """One agent: its log and its diff side by side (stacked when narrow), both live; the diff is reviewed by
+    hunk (mc/tui/review.py)."""
 
     BINDINGS = [
         Binding("escape", "back", "Back", id="back", priority=True),
@@ -377,6 +391,7 @@ class ZoomScreen(Screen):
         ),
         Binding("right_square_bracket", "flag(1)", "Next flag", id="next_flag", priority=True),
         Binding("left_square_bracket", "flag(-1)", "Prev flag", id="prev_flag", show=False, priority=True),
+        *REVIEW_BINDINGS,
     ]
 
     def __init__(self, agent_id: str) -> None:
@@ -396,6 +411,7 @@ class ZoomScreen(Screen):
         self._flag = -1  # the flag ] and [ last jumped to
         self.files = Static(id="zoom-files")
         self.feed = LogFeed(self.log_view)
+        self.cursor = DiffCursor(agent_id)
         self._diff: Diff | bool | None = False
         self._diff_status = ""
         self._version = -1
@@ -474,6 +490,7 @@ class ZoomScreen(Screen):
             self._show_proposal(agent)
             self.feed.sync(agent)
             self._show_checks(agent)
+            self.review_changed()
         diff = fleet.diff(agent.id)
         if diff is not self._diff or diff_changed or agent.status != self._diff_status:
             self._diff = diff
@@ -530,6 +547,7 @@ class ZoomScreen(Screen):
         self.files.update(t)
         y = self.diff_view.scroll_y
         self.diff_view.set_lines(diff_lines(diff.text) if diff is not None else [])
+        self.review_shown(diff.text if diff is not None else "")
         self.diff_view.scroll_to(y=y, animate=False)
 
     # -- checks and flags -----------------------------------------------------------------------
