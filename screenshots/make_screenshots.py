@@ -1,6 +1,7 @@
-"""Drive the real app on the demo fleet and save SVG screenshots: fleet view, zoom, a pending approval, help.
+"""Drive the real app on the demo fleet and save SVG screenshots: fleet view, zoom, a pending approval, the
+checks view, a flagged merge (its dialog and the question it adds), help.
 
-    python screenshots/make_screenshots.py            # writes screenshots/{fleet,zoom,approval,help}.svg
+    python screenshots/make_screenshots.py   # writes screenshots/{fleet,approval,zoom,checks,merge,merge-flags,help}.svg
 
 and a PNG beside each SVG where `rsvg-convert` (Debian: librsvg2-bin) is installed. The SVGs declare
 `xml:space="preserve"`: without it librsvg drops the spaces that start or end each run of text (Rich writes
@@ -68,6 +69,29 @@ async def main() -> None:
             await pilot.pause(0.6)
             await _shoot(app, "zoom")
             await pilot.press("escape")
+            # the checks view of the agent whose rename broke the tests
+            rename = app.fleet.get("demo-rename")
+            while rename.check.state in ("none", "running"):
+                await pilot.pause(0.1)
+            app.select(rename.id)
+            await pilot.press("enter")
+            await pilot.press("T")
+            await pilot.pause(0.8)
+            await _shoot(app, "checks")
+            await pilot.press("escape")
+            # a flagged merge: the dialog names the flags, and choosing a mode asks once more
+            docs = app.fleet.get("demo-docs")
+            while not docs.flags:
+                await pilot.pause(0.1)
+            app.select(docs.id)
+            await pilot.press("m")
+            await pilot.pause(0.8)
+            await _shoot(app, "merge")
+            await pilot.press("s")
+            await pilot.pause(0.5)
+            await _shoot(app, "merge-flags")
+            await pilot.press("n")
+            await pilot.pause(0.3)
             await pilot.press("question_mark")
             await pilot.pause(0.4)
             await _shoot(app, "help")
