@@ -21,7 +21,7 @@ import pytest
 from mc import events as ev
 from mc import procs
 from mc.agents import codex
-from mc.agents.base import BUDGET_STOPPED, NOT_RUN_BUDGET, NOT_RUN_INTERRUPTED
+from mc.agents.base import BUDGET_STOPPED, NOT_RUN_INTERRUPTED
 from mc.config import AgentConfig
 from tests.conftest import fleet_config, make_repo
 
@@ -368,7 +368,9 @@ async def first_call_tokens(fleet: Any, name: str) -> int:
 
 async def approve_command(fleet: Any, name: str) -> None:
     agent = fleet.get(name)
-    await until(lambda: any(p.kind == "command" for p in agent.pending.values()) or agent.status == "failed", fleet=fleet)
+    await until(
+        lambda: any(p.kind == "command" for p in agent.pending.values()) or agent.status == "failed", fleet=fleet
+    )
     await fleet.approve(name, next(p.approval_id for p in agent.pending.values() if p.kind == "command"))
 
 
