@@ -140,7 +140,7 @@ class Runner(abc.ABC):
             raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
         if question.kind == BUDGET_KIND:
             if decision == "deny":
-                self.ctx.status("idle", BUDGET_STOPPED)
+                await self.budget_denied(question.handle)
             else:
                 if not self.questions:
                     self.ctx.status("running")
@@ -214,6 +214,11 @@ class Runner(abc.ABC):
             return True
         self.ask_budget(overrun, handle)
         return False
+
+    async def budget_denied(self, handle: Any) -> None:
+        """The engineer denied a budget question: the turn ends where it stopped (a runner that holds a request of
+        its agent answers it here)."""
+        self.ctx.status("idle", BUDGET_STOPPED)
 
     def fleet_usage(self) -> None:  # noqa: B027 - optional hook
         """Another agent reported usage while the fleet has a budget: a runner that cannot check before each model
