@@ -480,7 +480,7 @@ async def one_call(fleet_factory: Any, repo: Path, server: Any) -> int:
 
 async def asked(fleet: Any, name: str, approval_id: str) -> ev.ApprovalRequested:
     agent = fleet.get(name)
-    await until(lambda: approval_id in agent.pending or agent.status in ("idle", "failed"), fleet)
+    await until(lambda: approval_id in agent.pending or agent.status == "failed", fleet)
     assert agent.status == "waiting" and list(agent.pending) == [approval_id], (agent.status, agent.error)
     return agent.pending[approval_id]
 

@@ -376,7 +376,7 @@ async def approve_command(fleet: Any, name: str) -> None:
 
 async def asked(fleet: Any, name: str, approval_id: str) -> ev.ApprovalRequested:
     agent = fleet.get(name)
-    await until(lambda: approval_id in agent.pending or agent.status in ("failed", "idle"), fleet=fleet)
+    await until(lambda: approval_id in agent.pending or agent.status == "failed", fleet=fleet)
     assert agent.status == "waiting" and list(agent.pending) == [approval_id], (agent.status, agent.error)
     return agent.pending[approval_id]
 
