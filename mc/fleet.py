@@ -479,6 +479,10 @@ class Fleet:
             return
         with contextlib.suppress(LogUnwritable):
             self.emit(event)
+        if isinstance(event, ev.Usage) and (self.config.fleet.budget_tokens or self.config.fleet.budget_cost):
+            for agent_id, runner in list(self._runners.items()):
+                if agent_id != event.agent:
+                    runner.fleet_usage()  # the fleet's budget may be reached now, mid-turn of another agent
 
     def _write(self, event: ev.Event) -> None:
         agent_id = event.agent

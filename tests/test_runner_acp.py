@@ -16,7 +16,7 @@ import pytest
 from mc import events as ev
 from mc import procs
 from mc.agents import acp
-from mc.agents.base import NOT_RUN_INTERRUPTED
+from mc.agents.base import BUDGET_STOPPED, NOT_RUN_INTERRUPTED
 from mc.config import AgentConfig
 from mc.scripted.server import count_input_tokens, split_words
 from tests.conftest import fleet_config
@@ -249,3 +249,90 @@ def test_available_names_the_binary() -> None:
     ok, text = acp.available()
     assert ok, text
     assert "codex-acp" in text
+
+
+# -- budgets -------------------------------------------------------------------------------------------
+#: A minimal ACP agent that answers each prompt with "Answer <n>." and the turn's usage (175 tokens).
+_COUNTING_AGENT = _USAGE_AGENT.replace('"text": "Nothing to do."', '"text": f"Answer {rid}."')
+
+
+def answers(fleet: Any, name: str) -> list[str]:
+    return [e.text for e in fleet.store.iter_events(fleet.get(name).id) if isinstance(e, ev.AssistantMessage)]
+
+
+async def asked(fleet: Any, name: str, approval_id: str) -> ev.ApprovalRequested:
+    agent = fleet.get(name)
+    await until(lambda: approval_id in agent.pending or agent.status == "failed", fleet)
+    assert agent.status == "waiting" and list(agent.pending) == [approval_id], (agent.status, agent.error)
+    return agent.pending[approval_id]
+
+
+def counting_agent(repo: Path) -> str:
+    agent_py = repo.parent / "counting_agent.py"
+    agent_py.write_text(_COUNTING_AGENT)
+    return f"{sys.executable} {agent_py}"
+
+
+async def test_a_token_budget_reached_by_a_turn_asks_before_the_next_prompt(
+    repo: Path, scripted: Any, fleet_factory: Any
+) -> None:
+    command = counting_agent(repo)
+    server = scripted({"agents": [{"name": "helper", "turns": [{"say": "unused"}]}]})
+    fleet = await fleet_factory(fleet_config(repo, server, model="helper"))
+    await fleet.spawn(AgentConfig(name="acb", task="anything", runner="acp", command=command, budget_tokens=100))
+    agent = fleet.get("acb")
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle" and agent.tokens == 175  # the turn that reached it ran to its end
+
+    await fleet.redirect("acb", "again")
+    question = await asked(fleet, "acb", "budget-0")  # before the prompt: no turn ran
+    assert "175 of 100 tokens" in question.summary and "to 200" in question.summary
+    assert len(answers(fleet, "acb")) == 1
+    await fleet.approve("acb")  # 200 now: the prompt goes
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle" and len(answers(fleet, "acb")) == 2 and agent.tokens == 350
+
+    await fleet.redirect("acb", "once more")
+    await asked(fleet, "acb", "budget-1")
+    await fleet.approve("acb")  # 300 is still under what was used: it asks again, and nothing runs
+    question = await asked(fleet, "acb", "budget-2")
+    assert "350 of 300 tokens" in question.summary and len(answers(fleet, "acb")) == 2
+    await fleet.deny("acb")
+    assert agent.status == "idle" and agent.status_reason == BUDGET_STOPPED and len(answers(fleet, "acb")) == 2
+
+
+async def test_a_fleet_budget_asks_both_agents_and_one_approval_lets_both_go_on(
+    repo: Path, scripted: Any, fleet_factory: Any
+) -> None:
+    command = counting_agent(repo)
+    server = scripted({"agents": [{"name": "helper", "turns": [{"say": "unused"}]}]})
+    cfg = fleet_config(repo, server, model="helper")
+    cfg.fleet.budget_tokens = 300
+    fleet = await fleet_factory(cfg)
+    for name in ("aca", "acc"):
+        await fleet.spawn(AgentConfig(name=name, task="anything", runner="acp", command=command))
+        await until(lambda name=name: fleet.get(name).status in ("idle", "failed"), fleet)
+    assert [fleet.get(n).tokens for n in ("aca", "acc")] == [175, 175]  # the second turn began at 175 of 300
+    for name in ("aca", "acc"):
+        await fleet.redirect(name, "again")
+        question = await asked(fleet, name, "fleet-budget-0")
+        assert "350 of 300 tokens used by all agents" in question.summary
+    await fleet.approve("acc")  # the fleet's budget goes up once, for both
+    for name in ("aca", "acc"):
+        await until(lambda name=name: len(answers(fleet, name)) == 2 and fleet.get(name).status == "idle", fleet)
+        assert fleet.get(name).fleet_budget_raises == 1
+
+
+async def test_an_agent_that_reports_no_tokens_says_its_budget_cannot_be_reached(
+    repo: Path, scripted: Any, fleet_factory: Any
+) -> None:
+    server = scripted({"agents": [{"name": "acnone", "turns": [{"say": "Nothing to do."}]}]})
+    fleet, events = await _spawn(fleet_factory, repo, server, "acnone", budget_tokens=10)
+    agent = fleet.get("acnone")
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle", agent.error
+    said = [e.message for e in events if isinstance(e, ev.ErrorEvent)]
+    assert said == [
+        f"{Path(BINARY or '').name} reports no token usage for its turns (no `usage` in its prompt responses): its "
+        "tokens are unknown and count toward no budget, so its own budget is never reached"
+    ]

@@ -22,7 +22,7 @@ from mc import procs
 from mc.agents import claude
 from mc.agents.claude import CONTINUE, describe, kind_of, remember_key
 from mc.config import AgentConfig
-from tests.conftest import fleet_config
+from tests.conftest import fleet_config, make_repo
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -448,3 +448,94 @@ async def test_endpoint_failure_fails_the_agent_with_the_error(repo, serve, flee
     assert agent.status == "failed"
     assert agent.error.startswith("Claude Code ended the turn with an error: API Error: 500 backend on fire")
     assert [r.fault for r in server.requests] == ["500"]
+
+
+# -- budgets -------------------------------------------------------------------------------------------
+def steps_scenario(name: str) -> dict[str, Any]:
+    """Three model calls: two that each run a command, one that ends the turn."""
+    return {
+        "name": name,
+        "turns": [
+            {"say": "Step one.", **bash("echo one > one.txt && echo did one")},
+            {"when_tool_output_contains": "did one", "say": "Step two.", **bash("echo two > two.txt && echo did two")},
+            {"when_tool_output_contains": "did two", "say": "Done."},
+        ],
+    }
+
+
+def usage_events(fleet: Any, name: str) -> list[ev.Usage]:
+    return [e for e in fleet.store.iter_events(fleet.get(name).id) if isinstance(e, ev.Usage)]
+
+
+async def one_call(fleet_factory: Any, repo: Path, server: Any) -> int:
+    """What the first model call of the steps scenario uses (an agent without a budget runs it to the end)."""
+    fleet, _ = await spawn(fleet_factory, repo, server, agent_config("clprobe", "Do the steps", policy="never"))
+    await until(lambda: fleet.get("clprobe").status in ("idle", "failed"), fleet)
+    assert fleet.get("clprobe").status == "idle", fleet.get("clprobe").error
+    calls = usage_events(fleet, "clprobe")
+    assert len(calls) == len(server.requests_for("clprobe")) == 3  # one Usage per model call
+    await fleet.close()
+    return calls[0].input_tokens + calls[0].output_tokens
+
+
+async def asked(fleet: Any, name: str, approval_id: str) -> ev.ApprovalRequested:
+    agent = fleet.get(name)
+    await until(lambda: approval_id in agent.pending or agent.status == "failed", fleet)
+    assert agent.status == "waiting" and list(agent.pending) == [approval_id], (agent.status, agent.error)
+    return agent.pending[approval_id]
+
+
+@needs_cli
+async def test_a_token_budget_holds_the_next_model_call_and_approve_lets_it_go(
+    repo, tmp_path, serve, fleet_factory
+) -> None:
+    server = serve(steps_scenario("clprobe"), steps_scenario("clb"))
+    used = await one_call(fleet_factory, make_repo(tmp_path / "probe"), server)
+    budget = used * 3 // 4  # the first call reaches it; once raised, the second one does
+    spec = agent_config("clb", "Do the steps", policy="never", budget_tokens=budget)
+    fleet, _ = await spawn(fleet_factory, repo, server, spec)
+    agent = fleet.get("clb")
+    question = await asked(fleet, "clb", "budget-0")
+    assert question.kind == "budget" and f"{agent.tokens} of {budget} tokens" in question.summary
+    # the command of the call that reached the budget ran; the model call that would read it waits
+    assert len(server.requests_for("clb")) == 1 and (Path(agent.worktree) / "one.txt").exists()
+
+    await fleet.approve("clb")
+    question = await asked(fleet, "clb", "budget-1")
+    assert len(server.requests_for("clb")) == 2 and (Path(agent.worktree) / "two.txt").exists()
+    assert agent.budget_raises == 1 and f"of {2 * budget} tokens" in question.summary
+
+    await fleet.deny("clb")  # the turn ends at the held call
+    await until(lambda: agent.status in ("idle", "failed"), fleet)
+    assert agent.status == "idle" and agent.status_reason == claude.BUDGET_STOPPED
+    assert len(server.requests_for("clb")) == 2
+    calls = usage_events(fleet, "clb")  # one per model call: the same tokens as the turn's result
+    assert len(calls) == 2 and agent.tokens == sum(u.input_tokens + u.output_tokens for u in calls)
+
+    await fleet.redirect("clb", "Go on.")  # a new turn is within the budget no more: it asks first
+    await asked(fleet, "clb", "budget-1")
+    assert len(server.requests_for("clb")) == 2
+    await fleet.kill("clb")
+
+
+@needs_cli
+async def test_a_fleet_budget_holds_one_agent_stops_the_next_before_its_first_call_and_one_approval_frees_both(
+    repo, tmp_path, serve, fleet_factory
+) -> None:
+    server = serve(steps_scenario("clprobe"), steps_scenario("cla"), steps_scenario("clc"))
+    used = await one_call(fleet_factory, make_repo(tmp_path / "probe"), server)
+    cfg = fleet_config(repo, server)
+    cfg.fleet.budget_tokens = used * 19 // 10  # one call is under it, two reach it
+    fleet = await fleet_factory(cfg)
+    await fleet.spawn(agent_config("cla", "Do the steps", policy="never"))
+    await asked(fleet, "cla", "fleet-budget-0")
+    assert len(server.requests_for("cla")) == 2
+    await fleet.spawn(agent_config("clc", "Do the steps", policy="never"))
+    question = await asked(fleet, "clc", "fleet-budget-0")
+    assert server.requests_for("clc") == [] and "by all agents" in question.summary
+
+    await fleet.approve("clc")  # the fleet's budget goes up once, for both
+    await until(lambda: len(server.requests_for("cla")) >= 3 and len(server.requests_for("clc")) >= 1, fleet)
+    assert fleet.get("cla").fleet_budget_raises == fleet.get("clc").fleet_budget_raises == 1
+    for name in ("cla", "clc"):
+        await fleet.kill(name)

@@ -21,9 +21,9 @@ import pytest
 from mc import events as ev
 from mc import procs
 from mc.agents import codex
-from mc.agents.base import NOT_RUN_INTERRUPTED
+from mc.agents.base import BUDGET_STOPPED, NOT_RUN_INTERRUPTED
 from mc.config import AgentConfig
-from tests.conftest import fleet_config
+from tests.conftest import fleet_config, make_repo
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -333,3 +333,113 @@ async def test_unreachable_endpoint_fails_after_the_configured_retries(
     )
     retries = [e for e in agent.log.tail(50) if "(retry " in e[1]]
     assert [text.endswith("(retry 1 of 1)") for _, text in retries] == [True]
+
+
+# -- budgets -----------------------------------------------------------------------------------------
+#: The scripted turn that answers a model call made in the same turn after a budget was reached: slow, so that a
+#: call Codex began before the interrupt reached it is cut off before it answers.
+PAST = 2
+
+
+def _step(n: str, when: str = "") -> dict[str, Any]:
+    turn: dict[str, Any] = {"say": f"Step {n}.", "tool": "exec_command"}
+    turn["args"] = {"cmd": f"echo {n} > {n}.txt && echo did {n}", "login": False}
+    return {**turn, "when_user_contains": when} if when else turn
+
+
+def budget_agent(name: str) -> dict[str, Any]:
+    """Each turn makes one model call that asks for a command (the default policy makes it wait); a second call
+    in the same turn would get the slow turn PAST."""
+    past = {"when_tool_output_contains": "did", "say": "Past the budget.", "first_byte_delay": 20.0}
+    return {"name": name, "turns": [_step("one"), _step("two", "Continue"), past, _step("three", "Continue")]}
+
+
+async def first_call_tokens(fleet: Any, name: str) -> int:
+    """Spawn `name` without a budget and return what its first model call used (Codex reports it once the
+    command that call asked for has run)."""
+    await fleet.spawn(AgentConfig(name=name, task="Do the steps", runner="codex", model=name))
+    agent = fleet.get(name)
+    await until(lambda: bool(agent.pending) or agent.status == "failed", fleet=fleet)
+    await fleet.approve(name)
+    await until(lambda: agent.usage_reported or agent.status == "failed", fleet=fleet)
+    assert agent.usage_reported, agent.error
+    return agent.tokens
+
+
+async def approve_command(fleet: Any, name: str) -> None:
+    agent = fleet.get(name)
+    await until(
+        lambda: any(p.kind == "command" for p in agent.pending.values()) or agent.status == "failed", fleet=fleet
+    )
+    await fleet.approve(name, next(p.approval_id for p in agent.pending.values() if p.kind == "command"))
+
+
+async def asked(fleet: Any, name: str, approval_id: str) -> ev.ApprovalRequested:
+    agent = fleet.get(name)
+    await until(lambda: approval_id in agent.pending or agent.status == "failed", fleet=fleet)
+    assert agent.status == "waiting" and list(agent.pending) == [approval_id], (agent.status, agent.error)
+    return agent.pending[approval_id]
+
+
+def answered(server: Any, name: str) -> list[int | None]:
+    """The scripted turns that answered the agent's model calls, leaving out calls cut off by an interrupt."""
+    return [r.turn for r in server.requests_for(name) if r.turn != PAST]
+
+
+async def test_a_token_budget_interrupts_the_turn_its_usage_reaches_and_approve_goes_on(
+    repo: Path, scripted: Any, fleet_factory: Any
+) -> None:
+    server = scripted({"agents": [budget_agent("cxprobe"), budget_agent("cxb")]})
+    fleet = await fleet_factory(fleet_config(repo, server))
+    used = await first_call_tokens(fleet, "cxprobe")  # what one call of this scenario uses
+    await fleet.kill("cxprobe")
+    budget = used * 3 // 4  # the first call reaches it; once raised, the second one does
+    await fleet.spawn(AgentConfig(name="cxb", task="Do the steps", runner="codex", model="cxb", budget_tokens=budget))
+    agent = fleet.get("cxb")
+    await approve_command(fleet, "cxb")
+    question = await asked(fleet, "cxb", "budget-0")
+    assert question.kind == "budget" and question.tool == "budget"
+    assert f"{agent.tokens} of {budget} tokens" in question.summary and str(2 * budget) in question.summary
+    assert answered(server, "cxb") == [0] and agent.tokens >= budget
+    assert "Past the budget." not in "\n".join(text for _, text in agent.log.tail(1000))
+
+    await fleet.approve("cxb")  # raised once by the same amount: a new turn goes on from there
+    await approve_command(fleet, "cxb")
+    question = await asked(fleet, "cxb", "budget-1")
+    assert answered(server, "cxb") == [0, 1] and agent.budget_raises == 1
+    assert codex.CONTINUE in server.requests_for("cxb")[-1].user_texts()[-1]
+    assert (Path(agent.worktree) / "two.txt").exists()
+    assert agent.tokens >= 2 * budget and f"of {2 * budget} tokens" in question.summary
+
+    await fleet.deny("cxb")  # the turn ends: no further model call
+    assert await fleet.wait_settled(10)
+    assert agent.status == "idle" and agent.status_reason == BUDGET_STOPPED
+    assert answered(server, "cxb") == [0, 1]
+
+
+async def test_a_fleet_budget_stops_both_agents_and_one_approval_lets_both_go_on(
+    repo: Path, tmp_path: Path, scripted: Any, fleet_factory: Any
+) -> None:
+    server = scripted({"agents": [budget_agent("cxprobe"), budget_agent("cxa"), budget_agent("cxc")]})
+    probe = await fleet_factory(fleet_config(make_repo(tmp_path / "probe"), server))
+    used = await first_call_tokens(probe, "cxprobe")
+    await probe.close()
+    cfg = fleet_config(repo, server)
+    cfg.fleet.budget_tokens = used * 19 // 10  # one first call is under it, two reach it
+    fleet = await fleet_factory(cfg)
+    for name in ("cxa", "cxc"):
+        await fleet.spawn(AgentConfig(name=name, task="Do the steps", runner="codex", model=name))
+    for name in ("cxa", "cxc"):
+        await approve_command(fleet, name)
+    for name in ("cxa", "cxc"):  # the second usage stops both: its own turn and the other's
+        question = await asked(fleet, name, "fleet-budget-0")
+        assert question.tool == "fleet budget" and "by all agents" in question.summary
+        assert answered(server, name) == [0]
+
+    await fleet.approve("cxa")  # the fleet's budget goes up once, for both
+    assert not fleet.get("cxa").pending and not fleet.get("cxc").pending
+    for name in ("cxa", "cxc"):
+        await approve_command(fleet, name)
+    for name in ("cxa", "cxc"):
+        await asked(fleet, name, "fleet-budget-1")
+        assert answered(server, name) == [0, 1] and fleet.get(name).fleet_budget_raises == 1

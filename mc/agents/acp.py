@@ -137,6 +137,7 @@ class AcpRunner(StdioRunner):
         self._text = ""
         self._capabilities: dict[str, Any] = {}
         self._argv: list[str] = []
+        self._unmetered = False  # said once that the agent reports no tokens, so its budget cannot be checked
 
     @property
     def busy(self) -> bool:
@@ -247,6 +248,8 @@ class AcpRunner(StdioRunner):
         self._prompt = self.spawn(self._run_prompt(text))
 
     async def _run_prompt(self, text: str) -> None:
+        if not self.within_budget(text):  # ACP reports tokens per turn: the budget is checked before each prompt
+            return
         await self._ensure_session()
         assert self.peer is not None
         self.ctx.status("running")
@@ -256,6 +259,7 @@ class AcpRunner(StdioRunner):
         self._flush_text()
         self.close_not_run()
         self._usage((result or {}).get("usage"))
+        self._note_unmetered()
         reason = str((result or {}).get("stopReason", "end_turn"))
         if self._closing:
             return
@@ -272,6 +276,23 @@ class AcpRunner(StdioRunner):
             self.ctx.status("idle", "turn done")
         else:
             self.ctx.status("idle", f"turn ended: {reason.replace('_', ' ')}")
+
+    async def go_on(self, handle: Any) -> None:
+        self._begin(str(handle or CONTINUE))
+
+    def _note_unmetered(self) -> None:
+        """An agent under a budget whose turn ended without token usage: say once that its tokens count toward none
+        (a fleet budget that the others reach still stops it before its next prompt)."""
+        agent, fleet = self.ctx.agent, self.ctx.config.fleet
+        budget = agent.budget_tokens or agent.budget_cost or fleet.budget_tokens or fleet.budget_cost
+        if agent.usage_reported or self._unmetered or not budget:
+            return
+        self._unmetered = True
+        name = Path(self._argv[0]).name if self._argv else "the ACP agent"
+        self.warn(
+            f"{name} reports no token usage for its turns (no `usage` in its prompt responses): its tokens are "
+            "unknown and count toward no budget, so its own budget is never reached"
+        )
 
     async def _cancel_turn(self, why: str) -> None:
         self._cancelled = True

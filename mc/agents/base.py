@@ -20,6 +20,10 @@ DENIED = "The engineer denied this call."
 NOT_RUN_INTERRUPTED = "Not run: the engineer interrupted the turn before this call was approved."
 #: The result of a call that waited for approval when the engineer gave a new instruction: it never ran.
 NOT_RUN_REDIRECTED = "Not run: the engineer interrupted the turn to give a new instruction."
+#: The result of a call that waited for approval when the agent reached its budget: it never ran.
+NOT_RUN_BUDGET = "Not run: the agent reached its budget and stopped before its next model call."
+#: The reason of the idle status after the engineer denied a budget question.
+BUDGET_STOPPED = "stopped at its budget: redirect it to go on"
 
 
 def needs_approval(policy: str, kind: str, command: str, allow: list[str]) -> bool:
@@ -97,7 +101,10 @@ class Question:
     """Its remember-key (`remember_key`)."""
     summary: str = ""
     handle: Any = None
-    """The protocol's side: the request id to answer, the options offered …"""
+    """The protocol's side: the request id to answer, the options offered … (of a budget question: what
+    `go_on` does when the engineer raises the budget)."""
+    kind: str = ""
+    """`mc.cost.BUDGET_KIND` for a budget question (no call of the agent waits on it), else ""."""
 
 
 class Runner(abc.ABC):
@@ -131,8 +138,16 @@ class Runner(abc.ABC):
         question = self.questions.pop(approval_id, None)
         if question is None:
             raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
+        if question.kind == BUDGET_KIND:
+            if decision == "deny":
+                await self.budget_denied(question.handle)
+            else:
+                if not self.questions:
+                    self.ctx.status("running")
+                await self.go_on(question.handle)
+            return
         if decision == "deny":
-            if question.call_id:  # a budget question has no call whose result would say so
+            if question.call_id:
                 self._not_run[question.call_id] = denied_text(reason)
             await self.answer(question, "deny", reason)
         else:
@@ -180,14 +195,40 @@ class Runner(abc.ABC):
 
     def ask_budget(self, overrun: Overrun, handle: Any = None) -> None:
         """The agent reached a budget before a model call: ask the engineer, through `ask`, like any approval.
-        Approving raises the budget once by its own amount; denying ends the turn; kill ends the agent. A question
-        asked before a restart is pending still: it waits again, unasked."""
+        Approving raises the budget once by its own amount and calls `go_on(handle)`; denying ends the turn; kill
+        ends the agent. A question asked before a restart is pending still: it waits again, unasked."""
+        question = Question(approval_id=overrun.approval_id, call_id="", key="", handle=handle, kind=BUDGET_KIND)
         if overrun.approval_id in self.ctx.agent.pending:
+            question.summary = overrun.summary
+            self.questions.setdefault(overrun.approval_id, question)
             if self.ctx.agent.status != "waiting":
                 self.ctx.status("waiting", f"{BUDGET_KIND}: {overrun.summary}"[:200])
             return
-        question = Question(approval_id=overrun.approval_id, call_id="", key="", handle=handle)
         self.ask(question, tool=overrun.scope, kind=BUDGET_KIND, summary=overrun.summary, detail=overrun.detail)
+
+    def within_budget(self, handle: Any) -> bool:
+        """Before a model call the runner is about to cause (a turn it starts): True when no budget is reached;
+        else the budget question is asked, with `handle` for `go_on`, and False (start nothing then)."""
+        overrun = self.ctx.over_budget()
+        if overrun is None:
+            return True
+        self.ask_budget(overrun, handle)
+        return False
+
+    async def budget_denied(self, handle: Any) -> None:
+        """The engineer denied a budget question: the turn ends where it stopped (a runner that holds a request of
+        its agent answers it here)."""
+        self.ctx.status("idle", BUDGET_STOPPED)
+
+    def fleet_usage(self) -> None:  # noqa: B027 - optional hook
+        """Another agent reported usage while the fleet has a budget: a runner that cannot check before each model
+        call checks now whether its running turn must stop at the fleet's budget."""
+
+    async def go_on(self, handle: Any) -> None:
+        """The engineer raised the budget the agent stopped at: continue as `handle` says (the runner's own:
+        the instruction whose turn waited, or the held request to let through). The budget is checked again
+        there: one call may have used more than a raise."""
+        raise NotImplementedError
 
     async def answer(self, question: Question, decision: str, reason: str) -> None:
         """Tell the agent a decision in its protocol: "approve" (this once), "deny" (with the engineer's
@@ -199,6 +240,8 @@ class Runner(abc.ABC):
         their calls never ran, and their results say `why`."""
         questions, self.questions = self.questions, {}
         for question in questions.values():
+            if question.kind == BUDGET_KIND:
+                continue  # no call waits on it: what follows (a new turn, or none) decides again
             if question.call_id:
                 self._not_run[question.call_id] = why
             await self.answer(question, decision, why)

@@ -23,6 +23,7 @@ import openai
 
 from mc import events as ev
 from mc.agents.base import (
+    BUDGET_STOPPED,
     NOT_RUN_INTERRUPTED,
     NOT_RUN_REDIRECTED,
     Runner,
@@ -287,7 +288,7 @@ class BuiltinRunner(Runner):
                 if last is None or last.get("role") == "assistant":
                     break
                 if not await self._within_budget():
-                    ended = "stopped at its budget: redirect it to go on"
+                    ended = BUDGET_STOPPED
                     break
                 if ctx.agent.status != "running":
                     ctx.status("running")

@@ -23,7 +23,7 @@ from typing import Any
 from mc import events as ev
 from mc import procs
 from mc.agents._stdio import find_binary
-from mc.agents.base import Runner, RunnerContext, RunnerError, needs_approval
+from mc.agents.base import BUDGET_STOPPED, Runner, RunnerContext, RunnerError, needs_approval
 from mc.tools import command_key
 
 #: Environment variable naming the Claude Code executable (default "claude").
@@ -58,6 +58,11 @@ INTERRUPT_WAIT = 5.0
 LOST_SESSION = "No conversation found with session ID"
 #: Seconds of streamed text gathered into one TextDelta.
 TEXT_INTERVAL = 0.05
+#: The callback id of the PostToolUse hook mission control registers when the agent has a budget: Claude Code
+#: asks it after every tool call, before the model call that reads the result, and waits for the answer.
+BUDGET_HOOK = "mc-budget"
+#: Seconds Claude Code waits for that answer (the engineer decides when: a day is as long as a question waits).
+BUDGET_HOOK_TIMEOUT = 86_400
 
 WRITE_TOOLS = frozenset({"Edit", "Write", "MultiEdit", "NotebookEdit"})
 READ_TOOLS = frozenset({"Read", "Glob", "Grep", "LS", "NotebookRead", "TodoWrite"})
@@ -150,6 +155,13 @@ def result_text(content: Any) -> str:
     return "" if content is None else json.dumps(content)
 
 
+def _input_tokens(usage: dict[str, Any]) -> int:
+    """Input tokens of an Anthropic usage block: fresh, written to the cache and read from it."""
+    return sum(
+        int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )
+
+
 def claude_binary() -> str | None:
     """The Claude Code executable: $MC_CLAUDE_BIN, else PATH, else the project-local npm install."""
     return find_binary("claude", BIN_ENV)
@@ -223,6 +235,10 @@ class ClaudeRunner(Runner):
         self._broken = False  # the process reported a failure: the next message starts a new one
         self._last_text = ""
         self._text = _TextStream(ctx)
+        self._call_in = 0  # input tokens of the model call that streams (its message_start)
+        self._call_out = 0  # output tokens of it reported so far (message_delta counts from its start)
+        self._turn_usage = (0, 0)  # tokens reported per call since the last result
+        self._stopping = False  # a budget question was denied at a held hook: the turn ends at its result
 
     # -- protocol ----------------------------------------------------------------------------------
     @property
@@ -242,6 +258,9 @@ class ClaudeRunner(Runner):
         await self._say(text)
 
     async def resolve(self, approval_id: str, decision: str, reason: str = "") -> None:
+        if approval_id in self.questions:  # a budget question: asked and answered the way every runner's are
+            await super().resolve(approval_id, decision, reason)
+            return
         question = self._approvals.pop(approval_id, None)
         if question is None or not self._alive:
             raise RunnerError(f"no pending approval {approval_id} for agent {self.ctx.agent.name}")
@@ -262,6 +281,31 @@ class ClaudeRunner(Runner):
             await self._deny(question, text)
         if not self._approvals and self.ctx.agent.status == "waiting":
             self.ctx.status("running")
+
+    async def go_on(self, handle: Any) -> None:
+        what, value = handle
+        if what == "say":
+            await self._say(value)
+            return
+        overrun = self.ctx.over_budget()  # one call may have used more than a raise: ask again, still holding
+        if overrun is not None:
+            self.ask_budget(overrun, handle)
+            return
+        for request_id in value:
+            await self._answer(request_id, {"continue": True})
+
+    async def budget_denied(self, handle: Any) -> None:
+        what, value = handle
+        if what == "say" or not self._alive:
+            await super().budget_denied(handle)
+            return
+        self._stopping = True  # idle when the turn's result comes
+        await self._release_hooks(value)
+
+    async def _release_hooks(self, request_ids: list[str]) -> None:
+        """End the turn at held budget hooks: Claude Code makes no further model call."""
+        for request_id in request_ids:
+            await self._answer(request_id, {"continue": False, "stopReason": "the agent reached its budget"})
 
     async def interrupt(self) -> None:
         if self._alive and self._outstanding:
@@ -316,6 +360,15 @@ class ClaudeRunner(Runner):
             args.append(f"--resume={self.session_id}")  # one token: a session id can never read as a flag
         return args
 
+    def _hooks(self) -> dict[str, Any] | None:
+        """The hooks of the initialize request: a PostToolUse hook that holds the next model call while the agent
+        is at a budget, when it has one (its own or the fleet's)."""
+        agent, fleet = self.ctx.agent, self.ctx.config.fleet
+        if not (agent.budget_tokens or agent.budget_cost or fleet.budget_tokens or fleet.budget_cost):
+            return None
+        hook = {"matcher": None, "hookCallbackIds": [BUDGET_HOOK], "timeout": BUDGET_HOOK_TIMEOUT}
+        return {"PostToolUse": [hook]}
+
     async def _spawn(self) -> bool:
         ctx = self.ctx
         argv = self.argv()
@@ -335,7 +388,7 @@ class ClaudeRunner(Runner):
         self._broken = False
         self._spawn_task(self._read(proc))
         self._spawn_task(self._read_stderr(proc))
-        await self._control({"subtype": "initialize", "hooks": None}, wait=None)
+        await self._control({"subtype": "initialize", "hooks": self._hooks()}, wait=None)
         return True
 
     def _spawn_task(self, coro: Any) -> None:
@@ -352,6 +405,7 @@ class ClaudeRunner(Runner):
                 fut.cancel()
         self._controls.clear()
         self._approvals.clear()
+        self.questions.clear()
         if proc is not None:
             await proc.kill(grace=1.0)
             for task in list(self._tasks):
@@ -389,7 +443,10 @@ class ClaudeRunner(Runner):
             self._controls.pop(request_id, None)
 
     async def _say(self, text: str) -> None:
-        """Send a user message (starting Claude Code first when it does not run)."""
+        """Send a user message (starting Claude Code first when it does not run); at a budget, the budget question
+        waits first."""
+        if not self.within_budget(("say", text)):
+            return
         self._last_text = text
         if self._broken and self._proc is not None:
             await self._stop_process()  # it failed and is on its way out: do not talk to it
@@ -413,6 +470,10 @@ class ClaudeRunner(Runner):
             for question in list(self._approvals.values()):
                 await self._deny(question, f"Not run: {reason}.")
             self._approvals.clear()
+            held, self.questions = self.questions, {}
+            for budget in held.values():
+                if budget.handle[0] == "hook":
+                    await self._release_hooks(budget.handle[1])
             answer = await self._control({"subtype": "interrupt"}, wait=INTERRUPT_WAIT)
             if answer is not None:
                 with contextlib.suppress(TimeoutError):
@@ -460,6 +521,7 @@ class ClaudeRunner(Runner):
                 fut.set_exception(RunnerError("Claude Code exited"))
         self._controls.clear()
         self._approvals.clear()
+        self.questions.clear()
         was_busy = self._outstanding > 0
         self._outstanding = 0
         self._idle.set()
@@ -561,6 +623,20 @@ class ClaudeRunner(Runner):
         elif etype == "message_start":
             self._text.flush()
             self._text.streamed = False
+            usage = (event.get("message") or {}).get("usage") or {}
+            self._call_in = _input_tokens(usage)
+            self._call_out = 0
+        elif etype == "message_delta":
+            self._call_usage(int((event.get("usage") or {}).get("output_tokens") or 0))
+
+    def _call_usage(self, output_tokens: int) -> None:
+        """The tokens of one model call, as its stream reports them (input at its start, output at its end): one
+        Usage per call, so that a budget is seen before the next call. The turn's result settles the rest."""
+        tokens_in, tokens_out = self._call_in, max(0, output_tokens - self._call_out)
+        self._call_in, self._call_out = 0, max(output_tokens, self._call_out)
+        if tokens_in or tokens_out:
+            self._turn_usage = (self._turn_usage[0] + tokens_in, self._turn_usage[1] + tokens_out)
+            self.ctx.emit(ev.Usage(agent=self.ctx.agent_id, input_tokens=tokens_in, output_tokens=tokens_out))
 
     def _on_assistant(self, body: dict[str, Any]) -> None:
         ctx = self.ctx
@@ -610,14 +686,13 @@ class ClaudeRunner(Runner):
     def _on_result(self, message: dict[str, Any]) -> None:
         ctx = self.ctx
         usage = message.get("usage") or {}
-        if isinstance(usage, dict):
-            tokens_in = sum(
-                int(usage.get(k) or 0)
-                for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-            )
-            tokens_out = int(usage.get("output_tokens") or 0)
+        if isinstance(usage, dict):  # the turn's total: what its calls' streams did not report yet
+            seen_in, seen_out = self._turn_usage
+            tokens_in = max(0, _input_tokens(usage) - seen_in)
+            tokens_out = max(0, int(usage.get("output_tokens") or 0) - seen_out)
             if tokens_in or tokens_out:
                 ctx.emit(ev.Usage(agent=ctx.agent_id, input_tokens=tokens_in, output_tokens=tokens_out))
+        self._turn_usage = (0, 0)
         self._outstanding = max(0, self._outstanding - 1)
         if self._outstanding == 0:
             self._idle.set()
@@ -640,12 +715,18 @@ class ClaudeRunner(Runner):
             elif self._outstanding == 0:
                 self._fail(f"{text}: fix it, then redirect or resume")
                 return
-        if self._outstanding == 0 and not self._approvals:
+        if self._stopping and self._outstanding == 0:
+            self._stopping = False
+            ctx.status("idle", BUDGET_STOPPED)
+        elif self._outstanding == 0 and not self._approvals:
             ctx.status("idle", "turn done")
 
     async def _on_control_request(self, message: dict[str, Any]) -> None:
         request_id = str(message.get("request_id", ""))
         request = message.get("request") or {}
+        if request.get("subtype") == "hook_callback" and request.get("callback_id") == BUDGET_HOOK:
+            await self._budget_hook(request_id)
+            return
         if request.get("subtype") != "can_use_tool":
             await self._write(
                 {
@@ -697,6 +778,19 @@ class ClaudeRunner(Runner):
             )
         )
         ctx.status("waiting", f"{kind}: {summary}"[:200])
+
+    async def _budget_hook(self, request_id: str) -> None:
+        """A tool call ran and the model is about to read its result: hold that model call while a budget is
+        reached, and ask (parallel calls wait on the same question)."""
+        overrun = self.ctx.over_budget()
+        if overrun is None:
+            await self._answer(request_id, {"continue": True})
+            return
+        waiting = self.questions.get(overrun.approval_id)
+        if waiting is not None and waiting.handle[0] == "hook":
+            waiting.handle[1].append(request_id)
+            return
+        self.ask_budget(overrun, ("hook", [request_id]))
 
     async def _allow(self, question: dict[str, Any]) -> None:
         await self._answer(question["request_id"], {"behavior": "allow", "updatedInput": question["input"]})

@@ -26,6 +26,7 @@ from typing import Any
 from mc import events as ev
 from mc.agents._stdio import SETUP_TIMEOUT, RpcError, StdioRunner, child_env, find_binary
 from mc.agents.base import (
+    NOT_RUN_BUDGET,
     NOT_RUN_INTERRUPTED,
     NOT_RUN_REDIRECTED,
     Question,
@@ -289,6 +290,8 @@ class CodexRunner(StdioRunner):
         self._thread_loaded = False
         self._retries = 0  # retryable errors since the model last answered
         self._note = ""  # a denial's reason that steering could not deliver: the next turn says it
+        self._budget_stop = False  # the turn is being stopped at a budget its usage reached
+        self._ended = ""  # how the last turn ended (turn/completed's status)
 
     @property
     def busy(self) -> bool:
@@ -363,6 +366,9 @@ class CodexRunner(StdioRunner):
         self._turn_done.set()
 
     async def _start_turn(self, text: str) -> None:
+        if not self.within_budget(text):  # the budget question waits before the turn's first model call
+            self._turn_done.set()
+            return
         self._turn_done.clear()
         self._interrupting = False
         self._retries = 0
@@ -416,6 +422,44 @@ class CodexRunner(StdioRunner):
         # approve-all is mission control's memory: Codex is told "accept" (this once), never "for the session"
         answer = {"approve": "accept", "deny": "decline"}.get(decision, "cancel")
         await self.peer.respond(question.handle, {"decision": answer})
+
+    async def go_on(self, handle: Any) -> None:
+        text = str(handle or CONTINUE)
+        if self._note:
+            text, self._note = f"{self._note}\n\n{text}", ""
+        self._turn_done.clear()
+        self.spawn(self._start_turn(text))
+
+    def _check_budget(self) -> None:
+        """After a usage report: a turn whose tokens reached a budget is stopped at once (Codex asks nobody before
+        a model call), and the budget question waits; approving it continues in a new turn."""
+        if self._budget_stop or self._interrupting or self._turn_done.is_set():
+            return
+        if self.ctx.over_budget() is not None:
+            self._budget_stop = True
+            self.spawn(self._stop_at_budget())
+
+    def fleet_usage(self) -> None:
+        self._check_budget()
+
+    async def _stop_at_budget(self) -> None:
+        self._interrupting = True
+        try:
+            await self.cancel_questions(NOT_RUN_BUDGET)
+            if self.alive and self.turn_id and not self._turn_done.is_set() and self.peer is not None:
+                with contextlib.suppress(RpcError):
+                    await self.peer.request("turn/interrupt", {"threadId": self.thread_id, "turnId": self.turn_id}, 10)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._turn_done.wait(), 10)
+        finally:
+            self._interrupting = False
+            self._budget_stop = False
+        if self._closing or self._failed:
+            return  # interrupted, killed or failed meanwhile: that says what happens next
+        if self._ended == "completed":
+            self.ctx.status("idle", "turn done")  # it ended by itself: the next turn asks first
+        elif self.within_budget(CONTINUE):
+            await self.go_on(CONTINUE)  # raised meanwhile (the fleet's budget, by another agent's approval)
 
     async def interrupt(self) -> None:
         self._interrupting = True
@@ -478,6 +522,7 @@ class CodexRunner(StdioRunner):
             self._usage_total = now
             if now != before:
                 ctx.emit(ev.Usage(agent=aid, input_tokens=now[0] - before[0], output_tokens=now[1] - before[1]))
+                self._check_budget()
         elif method == "error":
             self._error(params)
         elif method == "turn/completed":
@@ -602,7 +647,7 @@ class CodexRunner(StdioRunner):
         self.turn_id = ""
         self._turn_done.set()
         self.close_not_run()
-        status = str(turn.get("status", "completed"))
+        status = self._ended = str(turn.get("status", "completed"))
         if self._interrupting or self._closing:
             return
         if self._note and status == "completed":
@@ -643,5 +688,9 @@ class CodexRunner(StdioRunner):
         if approval_id in self.questions or approval_id in self.ctx.agent.pending:
             approval_id = self.new_approval_id(approval_id[3:])
         question = Question(approval_id=approval_id, call_id=item_id, key=key, handle=rid)
+        if self._budget_stop:  # the turn is being stopped: nothing more of it runs
+            self._not_run[item_id] = NOT_RUN_BUDGET
+            self.spawn(self.answer(question, "cancel", ""))
+            return
         if self.ask(question, tool=tool, kind=kind, summary=summary, detail=detail):
             self.spawn(self.answer(question, "approve", ""))
