@@ -287,6 +287,19 @@ class Fleet:
         tags = [self._tag(a.id) for a in live]
         await asyncio.to_thread(lambda: [procs.kill_tagged(tag) for tag in tags])
         for agent in live:
+            if agent.status in ("starting", "running") and agent.pending:
+                # killed after the question was written and before `waiting` was: it still waits on it
+                await self._runners_loaded()
+                runner = self._runner(agent.id)
+                if runner.keeps_questions:
+                    self._try_emit(
+                        ev.StatusChanged(
+                            agent=agent.id,
+                            status="waiting",
+                            previous=agent.status,
+                            reason="mission control stopped as it asked; the question waits again",
+                        )
+                    )
             if agent.status in ("starting", "running"):
                 self._try_emit(
                     ev.StatusChanged(

@@ -158,3 +158,43 @@ async def test_sigkill_at_random_moments_loses_nothing_that_was_shown(
         assert "error" not in fsck.stderr.lower() and "missing" not in fsck.stdout.lower(), where
     assert printed_total > 0  # the kills did not all land before the first event
     assert seen_states & {"starting", "running"}, seen_states  # and some landed in the middle of a turn
+
+
+async def test_a_kill_between_the_question_and_waiting_keeps_the_question(
+    tmp_path: Path, scripted: Any, fleet_factory: Any
+) -> None:
+    """The log of a fleet killed after it wrote an approval request but before the status `waiting` that
+    follows it: opened again, the agent waits on that question (not `interrupted` with it gone), and the
+    approval runs the call."""
+    from tests.conftest import fleet_config
+
+    server = scripted(
+        {"agents": [{"name": "asker", "turns": [write_turn("ask.txt", "needs a yes\n"), {"say": "Ok."}]}]}
+    )
+    repo = make_repo(tmp_path / "repo")
+    agent_cfg = [ev_agent("asker")]
+    fleet = await fleet_factory(fleet_config(repo, server, agent_cfg))
+    await fleet.spawn_configured()
+    assert await fleet.wait_settled(30)
+    agent = fleet.get("asker")
+    assert agent.status == "waiting" and agent.pending
+    log_file = fleet.state_dir / "agents" / agent.id / "events.jsonl"
+    await fleet.close()
+    lines = log_file.read_text().splitlines(keepends=True)
+    asked = max(i for i, line in enumerate(lines) if json.loads(line)["type"] == "approval_requested")
+    kept = [line for i, line in enumerate(lines) if i <= asked or json.loads(line)["type"] != "status"]
+    log_file.write_text("".join(kept[: asked + 1]))  # the log ends with the question: the kill came then
+    again = await fleet_factory(fleet_config(repo, server, agent_cfg))
+    back = again.get("asker")
+    assert back.status == "waiting", (back.status, back.status_reason)
+    assert back.pending
+    await again.approve("asker")
+    assert await again.wait_settled(30)
+    assert back.status == "idle", back.status_reason
+    assert (Path(back.worktree) / "ask.txt").read_text() == "needs a yes\n"
+
+
+def ev_agent(name: str) -> Any:
+    from mc.config import AgentConfig
+
+    return AgentConfig(name=name, task=f"Task of {name}", model=name, policy="writes")

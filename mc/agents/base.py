@@ -115,6 +115,9 @@ class Runner(abc.ABC):
     """
 
     kind: str = "base"
+    keeps_questions: bool = False
+    """Whether `restore` waits on the questions a restart found pending (the others' agent processes, and
+    their questions, end with the fleet that ran them)."""
 
     def __init__(self, ctx: RunnerContext) -> None:
         self.ctx = ctx

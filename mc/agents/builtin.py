@@ -160,6 +160,7 @@ class BuiltinRunner(Runner):
     """The OpenAI tool loop."""
 
     kind = "builtin"
+    keeps_questions = True  # the conversation is on disk: a question asked before a restart is asked again
 
     def __init__(self, ctx: RunnerContext) -> None:
         super().__init__(ctx)
