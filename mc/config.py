@@ -168,7 +168,16 @@ class AgentConfig:
     reuse_branch: bool = False
     """Work on the branch mc/<name> when it exists already (the agent continues from it), instead of failing."""
     group: str = ""
-    """Agents with the same group (copies of one task) are totalled together; empty: in no group."""
+    """Agents with the same group (copies of one task) are totalled together; empty: in no group (copies: the
+    name)."""
+    copies: int = 1
+    """Best of N: how many agents do this task at once, each on its own branch, named <name>-1, <name>-2 … and
+    sharing one group; the compare view (key b) shows them side by side to pick the one to merge."""
+    runners: list[str] = field(default_factory=list)
+    """Best of N with a mix of runners: one copy per runner (e.g. ["builtin", "codex", "claude"])."""
+    models: list[str] = field(default_factory=list)
+    """Best of N with a mix of models: one copy per model; with runners as well, copy i gets runners[i] and
+    models[i]."""
     budget_tokens: int = 0
     """Tokens (in and out) the agent may use; once reached it asks before its next model call. 0: no budget."""
     budget_cost: float = 0.0
@@ -176,6 +185,74 @@ class AgentConfig:
     0: no budget."""
     checks: dict[str, Any] = field(default_factory=dict)
     """[agents.checks]: the keys of [checks] that differ for this agent (test, affected, on, timeout)."""
+
+    def copy_count(self) -> int:
+        """How many agents this entry makes: one per runner or model of its mix, else `copies`."""
+        return max(len(self.runners), len(self.models)) or self.copies
+
+    def is_group(self) -> bool:
+        """True when this entry makes several agents (best of N)."""
+        return self.copy_count() > 1
+
+    def copy_plan(self) -> list[tuple[str, str]]:
+        """(runner, model) of each copy, in order ("" model: the one `model` or [model] gives)."""
+        n = self.copy_count()
+        return [
+            (
+                self.runners[i] if i < len(self.runners) else self.runner,
+                self.models[i] if i < len(self.models) else self.model,
+            )
+            for i in range(n)
+        ]
+
+    def as_copy(self, index: int, name: str, group: str) -> AgentConfig:
+        """Copy `index` (from 0) of this entry as an agent of its own: its name, the group, its runner and model."""
+        runner, model = self.copy_plan()[index]
+        return dataclasses.replace(
+            self, name=name, group=group, runner=runner, model=model, copies=1, runners=[], models=[]
+        )
+
+
+def copies_problem(agent: AgentConfig) -> tuple[str, str] | None:
+    """What is wrong with an agent's copies, runners and models, as (key, text) where the text names the key, its
+    value and the fix (`copies = 0: must be from 1 to 32 (agents at once)`); None when nothing is. The config says
+    it after `file:line: [[agents]] 'name'`, a spawn after `agent 'name':`."""
+    for key, annotation in (("copies", "int"), ("runners", "list[str]"), ("models", "list[str]")):
+        written = getattr(agent, key)
+        ok, value = _check_value(written, annotation)
+        problem = _value_problem("agents", key, value, annotation) if ok else f"must be {_TYPE_WORDS[annotation]}"
+        if problem:
+            return key, f"{key} = {written!r}: {problem}"
+    runners, models = agent.runners, agent.models
+    if runners and models and len(runners) != len(models):
+        return (
+            "models",
+            f"models = {models!r}: {len(models)} models for {len(runners)} runners: give both lists the same length "
+            "(copy i gets runners[i] and models[i])",
+        )
+    mix = "runners" if runners else "models" if models else ""
+    if mix and agent.copies not in (1, len(getattr(agent, mix))):
+        n = len(getattr(agent, mix))
+        return "copies", f"copies = {agent.copies}: {mix} names {n} (one copy each): remove copies or make it {n}"
+    n = agent.copy_count()
+    if n == 1:
+        return None
+    if agent.reuse_branch:
+        return (
+            "reuse_branch",
+            "reuse_branch = true: each copy works on a new branch of its own: remove reuse_branch (or the copies)",
+        )
+    last = f"{agent.name}-{n}"
+    problem = agent_name_problem(last) if agent.name else None
+    if problem:
+        return (
+            "name",
+            f"name = {agent.name!r}: its copies are named {agent.name}-1 … {last}, not usable as branches "
+            f"({problem}): shorten the name",
+        )
+    if "command" in runners and not agent.command:
+        return "runners", f'runners = {runners!r}: a command copy needs its command: add command = "… {{task}}"'
+    return None
 
 
 @dataclass
@@ -265,6 +342,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, str]] = {
     ("flags.rules", "entropy"): (0, 8, True, "bits per character"),
     ("agents", "budget_tokens"): (0, 10**15, True, "tokens; 0: no budget"),
     ("agents", "budget_cost"): (0, 10**12, True, "0: no budget"),
+    ("agents", "copies"): (1, 32, True, "agents at once"),
     ("fleet", "budget_tokens"): (0, 10**15, True, "tokens; 0: no budget"),
     ("fleet", "budget_cost"): (0, 10**12, True, "0: no budget"),
     ("prices", "input"): (0, 10**9, True, "per million tokens"),
@@ -274,6 +352,8 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool, str]] = {
     ("checks", "parallel"): (0, 1024, True, "checks at once; 0: half the cores"),
 }
 NAME_MAX = 64
+#: The most agents one best-of-N entry makes.
+COPIES_MAX = 32
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -416,6 +496,17 @@ def _value_problem(table: str, key: str, value: Any, annotation: str) -> str | N
         return _url_problem(value)
     if (table, key) == ("policy", "allow_commands") and any(not entry.strip() for entry in value):
         return 'an empty entry allows nothing: remove it, or write a command prefix such as "pytest"'
+    if (table, key) == ("agents", "runners"):
+        bad = next((runner for runner in value if runner not in RUNNERS), None)
+        if bad is not None:
+            return f"{bad!r} is not a runner: use {', '.join(RUNNERS)}"
+        if len(value) > COPIES_MAX:
+            return f"{len(value)} runners: at most {COPIES_MAX} agents at once"
+    if (table, key) == ("agents", "models"):
+        if any(not model.strip() for model in value):
+            return 'an empty model name: remove it or name a model, e.g. "gpt-5-mini"'
+        if len(value) > COPIES_MAX:
+            return f"{len(value)} models: at most {COPIES_MAX} agents at once"
     if (table, key) == ("tools", "pass_env"):
         bad = next((name for name in value if not _ENV_NAME.fullmatch(name)), None)
         if bad is not None:
@@ -521,7 +612,17 @@ def config_from_dict(data: dict[str, Any], source: str = "", text: str = "") -> 
                 "give each agent its own name"
             )
         agent = cfg.agents[i]
-        if agent.runner == "command" and not agent.command:
+        owner = next((a for a in cfg.agents[:i] + cfg.agents[i + 1 :] if name in _copy_names(a)), None)
+        if owner is not None:
+            raise ConfigError(
+                f"{_where(source, text, 'agents', 'name', i)}: [[agents]] name = {name!r} is the name of a copy of "
+                f"{owner.name!r} (copies = {owner.copy_count()}): rename one of them"
+            )
+        copies = copies_problem(agent)
+        if copies is not None:
+            key, said = copies
+            raise ConfigError(f"{_where(source, text, 'agents', key, i)}: [[agents]] {name!r} {said}")
+        if agent.runner == "command" and not agent.command and "command" in [r for r, _ in agent.copy_plan()]:
             raise ConfigError(
                 f'{_where(source, text, "agents", "runner", i)}: [[agents]] {name!r} has runner = "command" '
                 'but no command: add command = "… {task}"'
@@ -536,6 +637,12 @@ def config_from_dict(data: dict[str, Any], source: str = "", text: str = "") -> 
             )
     _check_cost_budgets(cfg, source, text)
     return cfg
+
+
+def _copy_names(agent: AgentConfig) -> list[str]:
+    """The names the copies of a best-of-N entry get in a fleet that has none of them yet."""
+    n = agent.copy_count()
+    return [f"{agent.name}-{k}" for k in range(1, n + 1)] if n > 1 else []
 
 
 def spawn_model(cfg: Config, agent: AgentConfig) -> str:
@@ -554,20 +661,21 @@ def _price_fix(model: str) -> str:
 
 def _check_cost_budgets(cfg: Config, source: str, text: str) -> None:
     """A cost budget needs the price of every model it counts: none is ever guessed."""
-    for i, agent in enumerate(cfg.agents):
-        if not agent.budget_cost:
+    for i, entry in enumerate(cfg.agents):
+        if not entry.budget_cost:
             continue
-        model = spawn_model(cfg, agent)
-        head = f"{_where(source, text, 'agents', 'budget_cost', i)}: [[agents]] {agent.name!r} budget_cost = "
-        if not model:
-            raise ConfigError(
-                f"{head}{agent.budget_cost!r}: no price can be known, {agent.runner} picks its own model: set "
-                'model = "…" and give its price in [prices]'
-            )
-        if model not in cfg.prices:
-            raise ConfigError(
-                f'{head}{agent.budget_cost!r}: no price is known for its model "{model}": {_price_fix(model)}'
-            )
+        head = f"{_where(source, text, 'agents', 'budget_cost', i)}: [[agents]] {entry.name!r} budget_cost = "
+        for agent in _each_copy(entry):
+            model = spawn_model(cfg, agent)
+            if not model:
+                raise ConfigError(
+                    f"{head}{agent.budget_cost!r}: no price can be known, {agent.runner} picks its own model: set "
+                    'model = "…" and give its price in [prices]'
+                )
+            if model not in cfg.prices:
+                raise ConfigError(
+                    f'{head}{agent.budget_cost!r}: no price is known for its model "{model}": {_price_fix(model)}'
+                )
     if not cfg.fleet.budget_cost:
         return
     head = f"{_where(source, text, 'fleet', 'budget_cost')}: [fleet] budget_cost = {cfg.fleet.budget_cost!r}: "
@@ -575,7 +683,7 @@ def _check_cost_budgets(cfg: Config, source: str, text: str) -> None:
         raise ConfigError(
             f'{head}no price is known for "{cfg.model.model}" ([model] model): {_price_fix(cfg.model.model)}'
         )
-    for agent in cfg.agents:
+    for agent in (copy for entry in cfg.agents for copy in _each_copy(entry)):
         if agent.runner == "command":
             continue  # a command reports no tokens
         model = spawn_model(cfg, agent)
@@ -586,6 +694,13 @@ def _check_cost_budgets(cfg: Config, source: str, text: str) -> None:
             )
         if model not in cfg.prices:
             raise ConfigError(f'{head}no price is known for "{model}" (agent {agent.name!r}): {_price_fix(model)}')
+
+
+def _each_copy(agent: AgentConfig) -> list[AgentConfig]:
+    """The agents an entry makes (itself when it makes one), as far as runner and model go."""
+    if not agent.is_group():
+        return [agent]
+    return [agent.as_copy(i, agent.name, agent.group) for i in range(agent.copy_count())]
 
 
 def _price_line(text: str, model: str, key: str | None) -> int | None:
@@ -743,7 +858,9 @@ def starter_config(repo: str = ".", model: str = "gpt-5-mini", base_url: str = "
     data = config_to_dict(cfg)
     for agent in data["agents"]:
         for key in [
-            k for k, v in agent.items() if v in ("", {}) or v is False or (isinstance(v, (int, float)) and v == 0)
+            k
+            for k, v in agent.items()
+            if v in ("", {}, []) or v is False or (isinstance(v, (int, float)) and v == 0) or (k, v) == ("copies", 1)
         ]:
             del agent[key]
     if not data["prices"]:
