@@ -499,7 +499,7 @@ def _value_problem(table: str, key: str, value: Any, annotation: str) -> str | N
     if (table, key) == ("agents", "runners"):
         bad = next((runner for runner in value if runner not in RUNNERS), None)
         if bad is not None:
-            return f"{bad!r} is not a runner: use {', '.join(RUNNERS)}"
+            return f"{bad!r} is not a runner: use {', '.join(RUNNERS[:-1])} or {RUNNERS[-1]}"
         if len(value) > COPIES_MAX:
             return f"{len(value)} runners: at most {COPIES_MAX} agents at once"
     if (table, key) == ("agents", "models"):

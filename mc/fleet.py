@@ -27,7 +27,7 @@ from mc.agent import Agent, AgentLog, CheckState, LogLine
 from mc.agents import make_runner
 from mc.agents.base import Runner, RunnerContext, RunnerError
 from mc.checks import Checks, changed_paths, check_agent, fix_message
-from mc.config import AgentConfig, Config, agent_name_problem, suggest_name
+from mc.config import AgentConfig, Config, agent_name_problem, copies_problem, suggest_name
 from mc.flags import FlagScanner, scanner_for
 from mc.git import Diff as Diff
 from mc.git import DiffScheduler, GitError, MergeResult, Repo
@@ -98,6 +98,7 @@ class Fleet:
         self._settled = asyncio.Event()
         self._opened = False
         self._lock = asyncio.Lock()
+        self._naming = asyncio.Lock()  # copies pick their names and spawn one group at a time
         self.diff_scheduler: DiffScheduler | None = None
         self.watcher: WorktreeWatcher | None = None
         self._fleet_key = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
@@ -829,6 +830,9 @@ class Fleet:
         as failed, with the reason; the others start all the same."""
         spawned = []
         for spec in self.config.agents if specs is None else specs:
+            if spec.is_group():
+                spawned += await self._spawn_configured_group(spec)
+                continue
             known = self.agents.get(spec.name)
             if known is not None and not _never_started(known):
                 continue
@@ -837,6 +841,87 @@ class Fleet:
             except FleetError as exc:
                 spawned.append(self._spawn_failed(spec, str(exc)))
         return spawned
+
+    async def _spawn_configured_group(self, spec: AgentConfig) -> list[Agent]:
+        """A best-of-N entry of the config: its copies, once. When the fleet has them already (its group holds
+        agents named <name>-N), only those that failed before they had a worktree are spawned again."""
+        group = spec.group or spec.name
+        prefix = f"{spec.name}-"
+        known = [
+            a
+            for a in self.agents.values()
+            if a.group == group and a.name.startswith(prefix) and a.name[len(prefix) :].isdigit()
+        ]
+        if not known:
+            try:
+                return await self.spawn_copies(dataclasses.replace(spec, group=group))
+            except FleetError as exc:
+                return [self._spawn_failed(spec, str(exc))]
+        again = []
+        for agent in known:
+            if _never_started(agent):
+                copy = self.specs.get(agent.id) or AgentConfig(name=agent.name, task=agent.task, group=group)
+                try:
+                    again.append(await self.spawn(copy))
+                except FleetError as exc:
+                    again.append(self._spawn_failed(copy, str(exc)))
+        return again
+
+    async def spawn_copies(self, spec: AgentConfig) -> list[Agent]:
+        """Best of N: start `spec`'s task in each of its copies (`copies`, or one per entry of `runners` /
+        `models`), named <name>-1, <name>-2 … with the first numbers that no agent, branch or worktree folder has,
+        in one group: `spec.group`, else the name (made unique: <name>#2 … when a group of that name exists).
+        A copy that cannot start is recorded as failed, with the reason; the others start all the same."""
+        self._check_writable()
+        problem = agent_name_problem(spec.name)
+        if problem:
+            raise FleetError(
+                f"agent name {spec.name!r}: {problem} (it becomes a branch): rename it, e.g. "
+                f"{suggest_name(spec.name)!r}"
+            )
+        copies = copies_problem(spec)
+        if copies is not None:
+            raise FleetError(f"agent {spec.name!r}: {copies[1]}")
+        if not spec.task.strip():
+            raise FleetError(f"agent {spec.name!r} has no task: give it one")
+        if not spec.is_group():
+            return [await self.spawn(spec)]
+        async with self._naming:
+            taken = set(self.agents) | {a.name for a in self.agents.values()}
+            taken |= await asyncio.to_thread(self._names_in_git)
+            names: list[str] = []
+            number = 0
+            while len(names) < spec.copy_count():
+                number += 1
+                name = f"{spec.name}-{number}"
+                if name not in taken and not (self.worktree_dir / name).exists():
+                    names.append(name)
+            if agent_name_problem(names[-1]):
+                raise FleetError(
+                    f"agent {spec.name!r}: its copies would be named {names[0]} … {names[-1]}, too long for a "
+                    "branch: shorten the name"
+                )
+            group = spec.group
+            if not group:
+                groups = {a.group for a in self.agents.values()}
+                group = spec.name
+                k = 1
+                while group in groups:
+                    k += 1
+                    group = f"{spec.name}#{k}"
+            spawned = []
+            for index, name in enumerate(names):
+                copy = spec.as_copy(index, name, group)
+                try:
+                    spawned.append(await self.spawn(copy))
+                except FleetError as exc:
+                    spawned.append(self._spawn_failed(copy, str(exc)))
+        return spawned
+
+    def _names_in_git(self) -> set[str]:
+        """The agent names that branches mc/<name> hold already (blocking)."""
+        out = self.repo.git("for-each-ref", "--format=%(refname)", "refs/heads/mc/")
+        return {line.removeprefix("refs/heads/mc/") for line in out.splitlines() if line.strip()}
 
     def _spawn_failed(self, spec: AgentConfig, reason: str) -> Agent:
         """Record an agent that could not be created: no branch and no worktree are its (nothing to merge or
@@ -861,8 +946,11 @@ class Fleet:
         return self.agents[spec.name]
 
     async def spawn(self, spec: AgentConfig) -> Agent:
-        """Create the agent's worktree and branch, and start it on its task."""
+        """Create the agent's worktree and branch, and start it on its task. A best-of-N spec (copies, runners or
+        models) starts all its copies (`spawn_copies`) and returns the first."""
         self._check_writable()
+        if spec.is_group():
+            return (await self.spawn_copies(spec))[0]
         name = spec.name
         problem = agent_name_problem(name)
         if problem:
@@ -1429,7 +1517,16 @@ class Fleet:
         [[agents]] table of its name (a restart rebuilds specs from state.toml, which does not keep them)."""
         spec = self.specs.get(agent_id)
         if spec is None or not spec.checks:
-            spec = next((a for a in self.config.agents if a.name == agent_id), spec)
+            agent = self.agents.get(agent_id)
+            group = agent.group if agent is not None else ""
+            spec = next(
+                (
+                    a
+                    for a in self.config.agents
+                    if a.name == agent_id or (group and a.is_group() and (a.group or a.name) == group)
+                ),
+                spec,
+            )
         return self.config.agent_checks(spec)
 
     def _checkable(self, agent: Agent) -> None:

@@ -11,7 +11,43 @@ from typing import Any
 
 import pytest
 
-from mc.config import ConfigError, parse_config
+from mc.config import AgentConfig, ConfigError, parse_config
+from tests.conftest import fleet_config, git
+
+SCENARIO: dict[str, Any] = {
+    "tokens_per_second": 0,
+    "first_byte_delay": 0,
+    "agents": [
+        {
+            "name": "fixer",
+            "turns": [
+                {"say": "Fixing.", "tool": "write_file", "args": {"path": "fix.txt", "content": "fixed\n"}},
+                {"say": "Fixed."},
+            ],
+        },
+        {
+            "name": "rewriter",
+            "turns": [
+                {
+                    "say": "Rewriting.",
+                    "tool": "write_file",
+                    "args": {"path": "fix.txt", "content": "rewritten\nin two lines\n"},
+                },
+                {"say": "Rewritten."},
+            ],
+        },
+    ],
+}
+
+
+@pytest.fixture
+def server(scripted: Any) -> Any:
+    return scripted(SCENARIO)
+
+
+def best_of(name: str = "fix", copies: int = 3, **fields: Any) -> AgentConfig:
+    return AgentConfig(name=name, task="Fix the bug.", model="fixer", policy="never", copies=copies, **fields)
+
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -99,3 +135,70 @@ def test_the_example_config_documents_every_agent_option() -> None:
             assert f"{f.name} =" in text or f"[agents.{f.name}]" in text, f.name
         best = next(a for a in load_config(path).agents if a.is_group())
         assert best.copy_count() == 3
+
+
+# -- fleet -------------------------------------------------------------------------------------------
+async def test_spawn_copies_makes_one_group_of_agents_on_their_own_branches(
+    repo: Path, server: Any, fleet_factory: Any
+) -> None:
+    fleet = await fleet_factory(fleet_config(repo, server))
+    agents = await fleet.spawn_copies(best_of())
+    assert [a.name for a in agents] == ["fix-1", "fix-2", "fix-3"]
+    assert {a.group for a in agents} == {"fix"}
+    assert len({a.branch for a in agents}) == 3 and len({a.worktree for a in agents}) == 3
+    assert await fleet.wait_settled(timeout=30)
+    await fleet.refresh_diffs()
+    for agent in agents:
+        assert agent.status == "idle", agent.error
+        assert (Path(agent.worktree) / "fix.txt").read_text() == "fixed\n"
+        assert git(repo, "rev-parse", "--verify", f"refs/heads/{agent.branch}")
+        assert agent.files_changed == 1
+    # the group's totals (mc/cost.py) count the three together
+    from mc import cost
+
+    assert cost.group_totals(fleet.list(), fleet.config)["fix"].agents == 3
+
+
+async def test_copies_take_names_and_a_group_nobody_has(repo: Path, server: Any, fleet_factory: Any) -> None:
+    git(repo, "branch", "mc/fix-2")  # a branch of that name exists already: that copy is numbered past it
+    fleet = await fleet_factory(fleet_config(repo, server))
+    first = await fleet.spawn_copies(best_of(copies=2))
+    assert [a.name for a in first] == ["fix-1", "fix-3"]
+    again = await fleet.spawn_copies(best_of(copies=2))
+    assert [a.name for a in again] == ["fix-4", "fix-5"]
+    assert {a.group for a in first} == {"fix"} and {a.group for a in again} == {"fix#2"}
+    assert await fleet.wait_settled(timeout=30)
+
+
+async def test_a_mix_of_models_gives_each_copy_its_model(repo: Path, server: Any, fleet_factory: Any) -> None:
+    fleet = await fleet_factory(fleet_config(repo, server))
+    spec = AgentConfig(name="pick", task="Fix the bug.", policy="never", models=["fixer", "rewriter"])
+    agents = await fleet.spawn_copies(spec)
+    assert [(a.name, a.model) for a in agents] == [("pick-1", "fixer"), ("pick-2", "rewriter")]
+    assert await fleet.wait_settled(timeout=30)
+    assert (Path(agents[1].worktree) / "fix.txt").read_text() == "rewritten\nin two lines\n"
+
+
+async def test_bad_copies_are_refused_by_the_fleet_in_the_configs_words(
+    repo: Path, server: Any, fleet_factory: Any
+) -> None:
+    from mc.fleet import FleetError
+
+    fleet = await fleet_factory(fleet_config(repo, server))
+    with pytest.raises(FleetError) as info:
+        await fleet.spawn_copies(best_of(copies=0))
+    assert str(info.value).startswith("agent 'fix': copies = 0: must be from 1 to 32")
+    with pytest.raises(FleetError) as info:
+        await fleet.spawn_copies(AgentConfig(name="fix", task="t", runners=["builtin", "gemini"]))
+    assert "'gemini' is not a runner: use builtin, codex, acp, claude or command" in str(info.value)
+    assert not fleet.agents
+
+
+async def test_configured_copies_are_spawned_once(repo: Path, server: Any, fleet_factory: Any) -> None:
+    cfg = fleet_config(repo, server, [best_of(copies=2), AgentConfig(name="solo", task="t", model="fixer")])
+    fleet = await fleet_factory(cfg)
+    spawned = await fleet.spawn_configured()
+    assert [a.name for a in spawned] == ["fix-1", "fix-2", "solo"]
+    assert await fleet.wait_settled(timeout=30)
+    assert await fleet.spawn_configured() == []  # a second run starts nothing new
+    assert sorted(fleet.agents) == ["fix-1", "fix-2", "solo"]
