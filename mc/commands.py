@@ -113,13 +113,27 @@ def cmd_stop(args: argparse.Namespace, cfg: Config) -> int:
     return _run(args, cfg, work, start=False)
 
 
+def _list(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
 def cmd_spawn(args: argparse.Namespace, cfg: Config) -> int:
-    fields = {k: v for k, v in (("runner", args.runner), ("model", args.model), ("policy", args.policy)) if v}
+    fields: dict[str, Any] = {
+        k: v
+        for k, v in (("runner", args.runner), ("model", args.model), ("policy", args.policy), ("group", args.group))
+        if v
+    }
+    if args.copies is not None:
+        fields["copies"] = args.copies
+    for key in ("runners", "models"):
+        if getattr(args, key):
+            fields[key] = _list(getattr(args, key))
 
     async def work(client: Any) -> int:
         data = await client.spawn(args.name, args.task, **fields)
-        agent = data["agent"]
-        print(f"{agent['name']}: {agent['status']} on {agent['branch']}")
+        for agent in data.get("agents") or [data["agent"]]:
+            group = f" (group {agent['group']})" if agent.get("group") else ""
+            print(f"{agent['name']}: {agent['status']} on {agent['branch'] or 'no branch'}{group}")
         return 0
 
     return _run(args, cfg, work)
@@ -208,6 +222,15 @@ def register(
     p.add_argument("--runner", help="builtin, codex, acp, claude or command (default: builtin)")
     p.add_argument("--model", help="the model (default: [model] model of the config)")
     p.add_argument("--policy", help="always, writes, commands or never: which calls wait for approval")
+    p.add_argument(
+        "--copies",
+        type=int,
+        metavar="N",
+        help="best of N: N agents do the task at once (NAME-1, NAME-2 …, in one group; the window compares them)",
+    )
+    p.add_argument("--runners", metavar="A,B", help="best of N with a mix of runners: one copy per runner")
+    p.add_argument("--models", metavar="A,B", help="best of N with a mix of models: one copy per model")
+    p.add_argument("--group", help="the group the agents are totalled in (copies: default NAME)")
     p.set_defaults(func=wrap(cmd_spawn))
 
     for action, summary in (

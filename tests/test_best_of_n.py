@@ -202,3 +202,35 @@ async def test_configured_copies_are_spawned_once(repo: Path, server: Any, fleet
     assert await fleet.wait_settled(timeout=30)
     assert await fleet.spawn_configured() == []  # a second run starts nothing new
     assert sorted(fleet.agents) == ["fix-1", "fix-2", "solo"]
+
+
+# -- the fleet server ------------------------------------------------------------------------------
+async def test_missionctl_spawn_copies_through_the_real_server(repo: Path, server: Any) -> None:
+    from mc.client import FleetClient, socket_of
+    from tests.test_server import missionctl, write_config
+
+    write_config(repo, server)
+    args = ("spawn", "--name", "fix", "--task", "Fix the bug.", "--model", "fixer", "--policy", "never")
+    done = missionctl(repo, *args, "--copies", "2")
+    assert done.returncode == 0, done.stderr
+    lines = [line.split(": ", 1) for line in done.stdout.splitlines()]
+    assert [name for name, _ in lines] == ["fix-1", "fix-2"]
+    assert [said.split(" ", 1)[1] for _, said in lines] == ["on mc/fix-1 (group fix)", "on mc/fix-2 (group fix)"]
+    refused = missionctl(repo, *args, "--copies", "0")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "missionctl: agent 'fix': copies = 0: must be from 1 to 32 (agents at once)"
+    mixed = missionctl(repo, "spawn", "--name", "mix", "--task", "t", "--models", "fixer,rewriter", "--policy", "never")
+    assert mixed.returncode == 0, mixed.stderr
+    assert [line.split(":")[0] for line in mixed.stdout.splitlines()] == ["mix-1", "mix-2"]
+
+    client = FleetClient(socket_of(repo / ".mc"), reconnect=False)
+    await client.connect(follow=False)
+    try:
+        agents = {a.name: a for a in client.list()}
+        assert {a.group for n, a in agents.items() if n.startswith("fix")} == {"fix"}
+        assert agents["fix-1"].branch != agents["fix-2"].branch
+        assert agents["fix-1"].worktree != agents["fix-2"].worktree
+        assert (agents["mix-1"].model, agents["mix-2"].model) == ("fixer", "rewriter")
+    finally:
+        await client.close()
+    assert missionctl(repo, "stop").returncode == 0

@@ -279,7 +279,8 @@ class FleetClient:
         return str(data.get("text", ""))
 
     # -- commands --------------------------------------------------------------------------------
-    async def spawn(self, name: str, task: str, **fields: str) -> dict[str, Any]:
+    async def spawn(self, name: str, task: str, **fields: Any) -> dict[str, Any]:
+        """Start an agent (or, with copies, runners or models, best of N: every copy; `agents` lists them)."""
         return await self.request("POST", "/v1/agents", {"name": name, "task": task, **fields})
 
     async def _act(self, name: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -547,11 +548,18 @@ class RemoteFleet:
             raise ClientError("this window is a read-only monitor: decide in a window opened without --monitor")
 
     async def spawn(self, spec: Any) -> Agent:
+        """Start an agent; a best-of-N spec starts every copy and returns the first (see `spawn_copies`)."""
+        return (await self.spawn_copies(spec))[0]
+
+    async def spawn_copies(self, spec: Any) -> list[Agent]:
+        """Start the agent, or each copy of a best-of-N spec (copies, runners or models), as Fleet.spawn_copies."""
         self._writable()
-        fields = {k: getattr(spec, k) for k in ("runner", "model", "policy", "command", "base") if getattr(spec, k)}
+        keys = ("runner", "model", "policy", "command", "base", "group", "runners", "models")
+        fields: dict[str, Any] = {k: getattr(spec, k) for k in keys if getattr(spec, k, None)}
+        if getattr(spec, "copies", 1) != 1:
+            fields["copies"] = spec.copies
         data = await self.client.spawn(spec.name, spec.task, **fields)
-        agent_id = data["agent"]["id"]
-        return self.agents.get(agent_id) or agent_from_dict(data["agent"])
+        return [self.agents.get(a["id"]) or agent_from_dict(a) for a in data.get("agents") or [data["agent"]]]
 
     async def spawn_configured(self) -> list[Agent]:
         self._writable()

@@ -275,8 +275,10 @@ class FleetServer:
         spec = _spec(await request.json())
         if not spec.name.strip() or not spec.task.strip():
             raise FleetError("spawn needs a name and a task (--name NAME --task TEXT)")
-        agent = await self.fleet.spawn(spec)
-        return web.json_response({"agent": agent_to_dict(agent, 50)})
+        agents = await self.fleet.spawn_copies(spec)  # one agent, or best of N: every copy
+        return web.json_response(
+            {"agent": agent_to_dict(agents[0], 50), "agents": [agent_to_dict(a, 50) for a in agents]}
+        )
 
     async def _spawn_configured(self, request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else {}
@@ -404,6 +406,9 @@ def _spec(data: Any) -> AgentConfig:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields or value is None:
+            continue
+        if key in ("copies", "runners", "models"):  # as sent: the fleet checks them in the config's words
+            kwargs[key] = value
             continue
         default = fields[key].default
         if isinstance(default, bool):
