@@ -26,6 +26,10 @@ SCENARIO: dict[str, Any] = {
             ],
         },
         {
+            "name": "slow",
+            "turns": [{"say": "Thinking.", "tool": "shell", "args": {"command": "sleep 60"}}, {"say": "Done."}],
+        },
+        {
             "name": "rewriter",
             "turns": [
                 {
@@ -234,3 +238,145 @@ async def test_missionctl_spawn_copies_through_the_real_server(repo: Path, serve
     finally:
         await client.close()
     assert missionctl(repo, "stop").returncode == 0
+
+
+# -- the compare view ----------------------------------------------------------------------------------
+def make_app(repo: Path, server: Any, agents: list[AgentConfig]) -> Any:
+    from mc.fleet import Fleet
+    from mc.tui.app import MissionControl
+    from tests.tui_helpers import tui_config
+
+    cfg = tui_config(repo, server, agents)
+    cfg.tools.sandbox = "none"
+    return MissionControl(Fleet(cfg), spawn_configured=True)
+
+
+async def wait_group(pilot: Any, app: Any, names: list[str], *, idle: list[str]) -> None:
+    from tests.tui_helpers import until
+
+    await until(pilot, lambda: app.opened and sorted(app.fleet.agents) == names, 30, "the copies to spawn")
+
+    def ready() -> bool:
+        agents = app.fleet.agents
+        return all(agents[n].status == "idle" and agents[n].files_changed == 1 for n in idle)
+
+    await until(pilot, ready, 30, "the copies to finish their work")
+    await pilot.pause(0.4)
+
+
+async def test_compare_view_moves_zooms_merges_one_and_discards_the_others(repo: Path, server: Any) -> None:
+    from mc.tui.compare import CompareScreen
+    from mc.tui.screens import ConfirmScreen, HelpScreen, MergeScreen, ZoomScreen
+    from tests.tui_helpers import screen_text, until
+
+    spec = AgentConfig(name="fix", task="Fix the bug.", policy="never", models=["fixer", "rewriter", "fixer"])
+    app = make_app(repo, server, [spec])
+    names = ["fix-1", "fix-2", "fix-3"]
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_group(pilot, app, names, idle=names)
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen), what="the compare view")
+        compare = app.screen
+        assert compare.group == "fix" and app.current_id() == "fix-1"
+        text = "\n".join(screen_text(app))
+        for word in ("best of 3", "1 fix-1", "2 fix-2", "3 fix-3", "status", "checks", "flags", "files", "lines"):
+            assert word in text, word
+        for word in ("tokens", "cost", "time", "fixer", "rewriter", "+2 -0", "fix.txt"):
+            assert word in text, word
+
+        await pilot.press("right")
+        assert compare.selected == "fix-2" and app.current_id() == "fix-2"
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ZoomScreen), what="the zoom")
+        assert app.screen.agent_id == "fix-2"
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is compare, what="back to the compare view")
+
+        await pilot.press("m")
+        await until(pilot, lambda: isinstance(app.screen, MergeScreen), what="the merge dialog")
+        assert app.screen.agent.name == "fix-2"
+        await pilot.press("f")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the offer to discard the others")
+        question = app.screen.question
+        assert "fix-2 is merged" in question and "fix-1, fix-3" in question and "snapshot" in question
+        await pilot.press("y")
+        agents = app.fleet.agents
+        await until(
+            pilot,
+            lambda: agents["fix-1"].status == agents["fix-3"].status == "discarded",
+            what="the others to be discarded",
+        )
+        assert agents["fix-2"].status == "merged"
+        assert (repo / "fix.txt").read_text() == "rewritten\nin two lines\n"
+        refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/mc/snapshots/").splitlines()
+        kept = sorted(ref.rsplit("/", 1)[1].rsplit("-", 2)[0] for ref in refs)
+        assert kept == ["fix-1", "fix-3"]
+        for name in ("fix-1", "fix-3"):
+            ref = agents[name].snapshot_ref
+            assert ref in refs
+            assert git(repo, "show", f"{ref}:fix.txt") == "fixed"
+            assert not Path(agents[name].worktree).exists()
+        await pilot.pause(0.3)
+        assert app.screen is compare  # still there, showing how it ended
+        assert "merged" in "\n".join(screen_text(app)) and "discarded" in "\n".join(screen_text(app))
+
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="the help")
+        rows = {binding_id: keys for binding_id, keys, _ in app.help_rows()}
+        assert rows["compare"] == "b"
+        assert "compare" in "\n".join(screen_text(app))
+
+
+async def test_space_opens_the_compare_view_once_every_copy_has_settled(repo: Path, server: Any) -> None:
+    from mc.tui.compare import CompareScreen
+    from mc.tui.screens import FleetScreen
+    from tests.tui_helpers import until
+
+    spec = AgentConfig(name="try", task="Fix the bug.", policy="never", models=["fixer", "slow"])
+    app = make_app(repo, server, [spec])
+    async with app.run_test(size=(140, 40)) as pilot:
+        await wait_group(pilot, app, ["try-1", "try-2"], idle=["try-1"])
+        slow = app.fleet.agents["try-2"]
+        await until(pilot, lambda: "sleep 60" in str(slow.tool_calls), what="the slow copy's command")
+        assert slow.status == "running"
+        await pilot.press("space")  # one copy still works: the group is no decision yet
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, FleetScreen)
+        assert "nobody is waiting for a decision" in [n.message for n in app._notifications]
+
+        await app.fleet.kill("try-2")
+        await until(pilot, lambda: slow.status == "killed", what="the kill")
+        await pilot.press("space")
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen), what="the compare view")
+        assert app.screen.group == "try"
+        await pilot.press("space")  # the only decision there is: it stays, and says so
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, CompareScreen)
+        assert any("pick one of try" in n.message for n in app._notifications)
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, FleetScreen), what="back to the fleet")
+
+
+async def test_the_new_agent_dialog_starts_copies(repo: Path, server: Any) -> None:
+    from mc.tui.screens import NewAgentScreen
+    from tests.tui_helpers import until
+
+    app = make_app(repo, server, [])
+    async with app.run_test(size=(140, 40)) as pilot:
+        await until(pilot, lambda: app.opened, what="the fleet to open")
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, NewAgentScreen), what="the dialog")
+        dialog = app.screen
+        dialog.query_one("#name").value = "pair"
+        dialog.query_one("#task").value = "Fix the bug."
+        dialog.query_one("#model").value = "fixer"
+        dialog.query_one("#copies").value = "40"
+        await pilot.click("#start")
+        await pilot.pause(0.2)
+        assert app.screen is dialog  # refused, in the config's words, with what was typed kept
+        assert any("copies = 40: must be from 1 to 32" in n.message for n in app._notifications)
+        dialog.query_one("#copies").value = "2"
+        await pilot.click("#start")
+        await until(pilot, lambda: sorted(app.fleet.agents) == ["pair-1", "pair-2"], what="the copies")
+        assert {a.group for a in app.fleet.list()} == {"pair"}
+        assert await app.fleet.wait_settled(timeout=30)

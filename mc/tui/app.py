@@ -24,6 +24,7 @@ from mc.agent import Agent
 from mc.client import ClientError
 from mc.config import AgentConfig, Config
 from mc.fleet import Fleet, FleetError, FleetLocked
+from mc.tui.compare import CompareScreen, group_members, groups_to_pick
 from mc.tui.screens import (
     DECISION_ACTIONS,
     ConfirmScreen,
@@ -40,7 +41,7 @@ from mc.tui.screens import (
 DRAIN_INTERVAL = 0.22
 
 #: Actions that make sense only on the fleet view or the zoom (not in a dialog).
-VIEW_ACTIONS = DECISION_ACTIONS | {"next_decision", "help", "quit"}
+VIEW_ACTIONS = DECISION_ACTIONS | {"next_decision", "compare", "help", "quit"}
 
 #: Seconds keys typed while a dialog opens are held at most (then they are delivered wherever focus is).
 TYPEAHEAD_HOLD = 2.0
@@ -87,6 +88,7 @@ class MissionControl(App[int]):
         Binding("t", "run_checks", "Check", id="run_checks", show=False, priority=True),
         Binding("f", "fix_checks", "Fix", id="fix_checks", show=False, priority=True),
         Binding("space", "next_decision", "Next", id="next_decision", priority=True),
+        Binding("b", "compare", "Compare", id="compare", show=False, priority=True),
         Binding("question_mark", "help", "Help", id="help", priority=True),
         Binding("q", "quit", "Quit", id="quit", priority=True),
     ]
@@ -260,18 +262,21 @@ class MissionControl(App[int]):
                 return screen
         return None
 
-    def view_screen(self) -> FleetScreen | ZoomScreen | None:
-        """The topmost fleet or zoom screen (a dialog may sit on top of it)."""
+    def view_screen(self) -> FleetScreen | ZoomScreen | CompareScreen | None:
+        """The topmost fleet, zoom or compare screen (a dialog may sit on top of it)."""
         for screen in reversed(self.screen_stack):
-            if isinstance(screen, (FleetScreen, ZoomScreen)):
+            if isinstance(screen, (FleetScreen, ZoomScreen, CompareScreen)):
                 return screen
         return None
 
     def current_id(self) -> str | None:
-        """The agent the keys act on: the zoomed one, else the selected one."""
+        """The agent the keys act on: the zoomed one, the one chosen in a compare view, else the selected one."""
         view = self.view_screen()
         if isinstance(view, ZoomScreen):
             return view.agent_id
+        if isinstance(view, CompareScreen):
+            chosen = view.selected_agent()
+            return chosen.id if chosen is not None else None
         if self.selected is None or self.selected not in self.fleet.agents:
             agents = self.agents()
             self.selected = agents[0].id if agents else None
@@ -291,6 +296,7 @@ class MissionControl(App[int]):
         """(binding id, keys, description) of every binding, as remapped."""
         rows = []
         seen_agents = False
+        seen: set[str] = set()
         for binding in _all_bindings():
             if binding.id is None:
                 continue
@@ -302,6 +308,9 @@ class MissionControl(App[int]):
                 continue
             keys = self._keys.get(binding.id) or binding.key
             shown = ", ".join(_KEY_NAMES.get(k.strip(), k.strip()) for k in keys.split(","))
+            if binding.id in seen:  # the same id on several screens (left, zoom, back …): one row
+                continue
+            seen.add(binding.id)
             rows.append((binding.id, shown, HELP_TEXT.get(binding.id) or binding.tooltip or binding.description))
         rows.append(("", "ctrl+p", "command palette: every action, and jump to any agent"))
         return rows
@@ -311,6 +320,12 @@ class MissionControl(App[int]):
         view = self.view_screen()
         if isinstance(view, ZoomScreen):
             view.show_agent(agent_id)
+        elif isinstance(view, CompareScreen):
+            if agent_id in [a.id for a in view.members()]:
+                view.selected = agent_id
+                view.sync(None)
+            else:  # an agent of no group shown here: back to the fleet view, where it is
+                self.pop_screen()
         screen = self.fleet_screen()
         if screen is not None:
             screen.sync(set())
@@ -355,6 +370,8 @@ class MissionControl(App[int]):
                 view.sync(view.agent_id in diff_dirty)
         elif isinstance(view, FleetScreen):
             view.sync(dirty)
+        elif isinstance(view, CompareScreen):
+            view.sync(dirty | diff_dirty)
 
     def _tick(self) -> None:
         if self._closed or not any(a.status in ("starting", "running") for a in self.agents()):
@@ -477,6 +494,14 @@ class MissionControl(App[int]):
         self.open_dialog(NewAgentScreen(self.fleet.base_branch), answer)
 
     async def _spawn(self, spec: AgentConfig) -> None:
+        if spec.is_group():
+            agents = await self.fleet.spawn_copies(spec)
+            self.select(agents[0].id)
+            self.notify(
+                f"{', '.join(a.name for a in agents)}: started in group {agents[0].group} "
+                f"({self.key_hint('compare')} compares them)"
+            )
+            return
         agent = await self.fleet.spawn(spec)
         self.select(agent.id)
         self.notify(f"{agent.name}: started on {agent.branch}")
@@ -587,11 +612,45 @@ class MissionControl(App[int]):
         self._command(self.fleet.fix_checks(agent.id), done)
 
     def action_next_decision(self) -> None:
-        nxt = self.fleet.next_needing_decision(after=self.current_id())
-        if nxt is None:
+        """The next decision: an agent's waiting question (the oldest first), then a group whose agents have all
+        settled (best of N), which opens its compare view to pick one."""
+        view = self.view_screen()
+        decisions = [("agent", a.id) for a in self.fleet.needing_decision()]
+        decisions += [("group", g) for g in groups_to_pick(self.agents())]
+        if not decisions:
             self.notify("nobody is waiting for a decision")
             return
-        self.select(nxt.id)
+        here = ("group", view.group) if isinstance(view, CompareScreen) else ("agent", self.current_id() or "")
+        nxt = decisions[(decisions.index(here) + 1) % len(decisions)] if here in decisions else decisions[0]
+        kind, name = nxt
+        if nxt == here and kind == "group":
+            self.notify(f"nothing else waits for a decision: pick one of {name}")
+        elif kind == "group":
+            self.compare(name)
+        else:
+            if isinstance(view, CompareScreen):
+                self.pop_screen()
+            self.select(name)
+
+    def action_compare(self) -> None:
+        """Best of N: the compare view of the current agent's group."""
+        agent = self._need_agent()
+        if agent is None:
+            return
+        if not agent.group or len(group_members(self.agents(), agent.group)) < 2:
+            self.notify(
+                f"{agent.name} is not one of several copies of a task: start copies with {self.key_hint('new')} "
+                "(copies) or copies = N in the config",
+                severity="warning",
+            )
+            return
+        view = self.view_screen()
+        if not (isinstance(view, CompareScreen) and view.group == agent.group):
+            self.compare(agent.group, agent.id)
+
+    def compare(self, group: str, selected: str | None = None) -> None:
+        """Open the compare view of `group` (the agents of one best-of-N task, side by side)."""
+        self.push_screen(CompareScreen(group, selected))
 
     def action_help(self) -> None:
         self.open_dialog(HelpScreen())
@@ -706,7 +765,14 @@ HELP_TEXT = {
     "checks_view": "zoom: show the checks (what ran, why, what failed and its output) in place of the diff",
     "next_flag": "zoom: jump to the next risk flag in the diff",
     "prev_flag": "zoom: jump to the previous risk flag in the diff",
-    "next_decision": "jump to the next agent that needs a decision",
+    "next_decision": (
+        "jump to the next agent that needs a decision; a group of copies whose agents have all settled is one "
+        "decision: its compare view opens to pick one"
+    ),
+    "compare": (
+        "best of N: compare the copies of this agent's task side by side (status, checks, flags, changes, tokens, "
+        "cost, time); enter zooms, m merges one and then offers the others for discard"
+    ),
     "help": "this help",
     "quit": "quit (asks when agents are running; the fleet stays on disk)",
     "left": "previous agent",
@@ -717,7 +783,7 @@ HELP_TEXT = {
     "log_up": "scroll the selected agent's log up (pauses following)",
     "log_down": "scroll the selected agent's log down",
     "follow": "follow the log again (jump to its end)",
-    "back": "zoom: back to the fleet",
+    "back": "zoom, compare: back to where it was opened",
     "history": "zoom: load the whole log from disk (memory keeps the last 5,000 lines) and go to its top",
 }
 
@@ -733,6 +799,7 @@ PALETTE = [
     ("merge", "Merge", "merge the selected agent's work into its base branch"),
     ("discard", "Discard", "discard the selected agent's worktree and branch"),
     ("next_decision", "Next waiting agent", "jump to the next agent that needs a decision"),
+    ("compare", "Compare the group", "best of N: the copies of the selected agent's task side by side"),
     ("help", "Keys", "show every key"),
     ("stop_fleet", "Stop the fleet", "end every agent and the fleet server (running agents come back interrupted)"),
 ]
@@ -748,7 +815,7 @@ def flags_question(name: str, flags: Sequence[ev.Flag], shown: int = 6) -> str:
 
 def _all_bindings() -> list[Binding]:
     out = []
-    for source in (FleetScreen.BINDINGS, MissionControl.BINDINGS, ZoomScreen.BINDINGS):
+    for source in (FleetScreen.BINDINGS, MissionControl.BINDINGS, ZoomScreen.BINDINGS, CompareScreen.BINDINGS):
         out.extend(b for b in source if isinstance(b, Binding))
     return out
 

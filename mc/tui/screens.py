@@ -20,7 +20,7 @@ from textual.widgets._footer import FooterKey
 
 from mc import cost
 from mc.agent import Agent
-from mc.config import APPROVE_POLICIES, RUNNERS, AgentConfig
+from mc.config import APPROVE_POLICIES, RUNNERS, AgentConfig, copies_problem
 from mc.tui.format import (
     ADDED,
     CYAN,
@@ -839,7 +839,8 @@ class KillScreen(Dialog[tuple[bool, bool] | None]):
 
 
 class NewAgentScreen(Dialog[AgentConfig | None]):
-    """The form for a new agent: name, task, runner, model, base ref, policy (and a command for `command`)."""
+    """The form for a new agent: name, task, runner, model, base ref, policy (and a command for `command`), and
+    copies: best of N, the task given to N agents at once (named <name>-1 …, in one group)."""
 
     BINDINGS = [
         Binding("escape", "cancel", "Cancel", id="dialog.cancel", priority=True),
@@ -865,6 +866,7 @@ class NewAgentScreen(Dialog[AgentConfig | None]):
                 allow_blank=False,
                 id="policy",
             )
+            yield Input(placeholder="copies (best of N: 1 to 32 agents at once; empty: 1)", id="copies")
             with Horizontal(classes="buttons"):
                 yield Button("Start", variant="primary", id="start")
                 yield Button("Cancel", id="cancel")
@@ -880,17 +882,22 @@ class NewAgentScreen(Dialog[AgentConfig | None]):
         if not name or not task:
             self.notify("give the agent a name and a task", severity="warning")
             return
-        self.dismiss(
-            AgentConfig(
-                name=name,
-                task=task,
-                runner=str(self.query_one("#runner", Select).value),
-                model=self._value("model"),
-                command=self._value("command"),
-                base=self._value("base"),
-                policy=str(self.query_one("#policy", Select).value or ""),
-            )
+        copies_text = self._value("copies") or "1"
+        spec = AgentConfig(
+            name=name,
+            task=task,
+            runner=str(self.query_one("#runner", Select).value),
+            model=self._value("model"),
+            command=self._value("command"),
+            base=self._value("base"),
+            policy=str(self.query_one("#policy", Select).value or ""),
+            copies=int(copies_text) if copies_text.isdigit() else copies_text,  # type: ignore[arg-type]
         )
+        problem = copies_problem(spec)
+        if problem is not None:  # in the config's words: copies = 0: must be from 1 to 32 (agents at once)
+            self.notify(problem[1], severity="warning")
+            return
+        self.dismiss(spec)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "enter":  # on a button or a list, enter is theirs
