@@ -765,14 +765,8 @@ HELP_TEXT = {
     "checks_view": "zoom: show the checks (what ran, why, what failed and its output) in place of the diff",
     "next_flag": "zoom: jump to the next risk flag in the diff",
     "prev_flag": "zoom: jump to the previous risk flag in the diff",
-    "next_decision": (
-        "jump to the next agent that needs a decision; a group of copies whose agents have all settled is one "
-        "decision: its compare view opens to pick one"
-    ),
-    "compare": (
-        "best of N: compare the copies of this agent's task side by side (status, checks, flags, changes, tokens, "
-        "cost, time); enter zooms, m merges one and then offers the others for discard"
-    ),
+    "next_decision": "jump to the next agent that needs a decision, or to a group of copies that all settled",
+    "compare": "best of N: the copies of this agent's task side by side, to pick the one to merge",
     "help": "this help",
     "quit": "quit (asks when agents are running; the fleet stays on disk)",
     "left": "previous agent",
@@ -783,7 +777,7 @@ HELP_TEXT = {
     "log_up": "scroll the selected agent's log up (pauses following)",
     "log_down": "scroll the selected agent's log down",
     "follow": "follow the log again (jump to its end)",
-    "back": "zoom, compare: back to where it was opened",
+    "back": "zoom, compare: back",
     "history": "zoom: load the whole log from disk (memory keeps the last 5,000 lines) and go to its top",
 }
 
