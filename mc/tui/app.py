@@ -324,7 +324,7 @@ class MissionControl(App[int]):
             if agent_id in [a.id for a in view.members()]:
                 view.selected = agent_id
                 view.sync(None)
-            else:  # an agent of no group shown here: back to the fleet view, where it is
+            elif self.screen is view:  # an agent this view does not show: back to where it is
                 self.pop_screen()
         screen = self.fleet_screen()
         if screen is not None:
