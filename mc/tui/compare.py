@@ -27,12 +27,15 @@ from mc.config import Config
 from mc.fleet import FleetError
 from mc.tui.format import (
     ADDED,
+    FLAG_STYLE,
     MUTED,
     REMOVED,
-    YELLOW,
+    check_badge,
     clean,
     duration,
     elapsed,
+    flags_badge,
+    money,
     status_text,
     tokens_text,
 )
@@ -72,23 +75,9 @@ def groups_to_pick(agents: Sequence[Agent]) -> list[str]:
     return [name for _, name in sorted(ready)]
 
 
-def check_cell(agent: Agent) -> Text:
-    check = agent.check
-    style = {"passed": ADDED, "failed": REMOVED, "error": REMOVED, "running": YELLOW}.get(check.state, MUTED)
-    t = Text(clean(check.summary().split(":")[0]), style=style)
-    if agent.check_stale:
-        t.append(" (stale)", style=YELLOW)
-    return t
-
-
 def flags_cell(agent: Agent) -> Text:
-    if not agent.flags:
-        return Text("— none", style=MUTED)
-    high = sum(1 for f in agent.flags if f.severity == "high")
-    t = Text(f"⚑ {len(agent.flags)}", style=f"bold {YELLOW}")
-    if high:
-        t.append(f" ({high} high)", style=f"bold {REMOVED}")
-    return t
+    """The flags badge of the fleet view, and a word where there are none (a column must not look empty)."""
+    return flags_badge(agent) if agent.flags else Text("— none", style=MUTED)
 
 
 def lines_cell(agent: Agent) -> Text:
@@ -100,8 +89,9 @@ def lines_cell(agent: Agent) -> Text:
 
 
 def cost_cell(agent: Agent, config: Config) -> Text:
-    value = cost.agent_cost(agent, config)
-    return Text("—" if value is None else cost.format_cost(value), style=MUTED if value is None else "")
+    """The cost at the config's price of its model; "—" where none is known (never a guess)."""
+    shown = money(cost.agent_cost(agent, config))
+    return Text(shown or "—", style="" if shown else MUTED)
 
 
 #: (label, cell of one agent) of each line of the comparison.
@@ -111,7 +101,7 @@ def _cells(agent: Agent, now: float, config: Config) -> list[tuple[str, Text]]:
     return [
         ("status", status_text(agent.status)),
         ("runner", Text(clean(runner), style=MUTED)),
-        ("checks", check_cell(agent)),
+        ("checks", check_badge(agent)),
         ("flags", flags_cell(agent)),
         ("files", Text(f"{files} file{'s' if files != 1 else ''}")),
         ("lines", lines_cell(agent)),
@@ -168,7 +158,7 @@ def detail_text(agent: Agent | None) -> Text:
         t.append("\n")
     for flag in agent.flags:
         where = f"{flag.path}:{flag.line}" if flag.line else flag.path
-        t.append(f"⚑ {flag.severity} ", style=f"bold {REMOVED if flag.severity == 'high' else YELLOW}")
+        t.append(f"⚑ {flag.severity} ", style=FLAG_STYLE.get(flag.severity, MUTED))
         t.append(f"{clean(where)} ", style="bold")
         t.append(clean(flag.message) + "\n")
     if agent.check.failing:
@@ -253,7 +243,7 @@ class CompareScreen(Screen[None]):
         head.append(f"  group {clean(self.group)}  ", style=MUTED)
         head.append(f"{totals.tokens:,} tokens" if totals.reported else "tokens —", style=MUTED)
         if totals.cost is not None:
-            head.append(f"  cost {cost.format_cost(totals.cost)}" + ("" if totals.cost_complete else "+"), style=MUTED)
+            head.append(f"  cost {money(totals.cost)}" + ("" if totals.cost_complete else "+"), style=MUTED)
         keys = app.key_hint
         head.append(
             f"\n←→ choose  {keys('zoom')} zoom  {keys('merge')} merge (the others are then offered for discard)  "
