@@ -1,6 +1,6 @@
 """The demo fleet: a copy of a small sample project, the scripted model server started in this process, and
 agents whose scenarios show every state and every part of the review loop (checks that pass, checks that fail and
-are fixed after `f`, a flagged diff). No API key, no network.
+are fixed after `f`, a flagged diff, a best-of-3 group to pick from). No API key, no network.
 
 A fleet the demo started says so in its state (`[demo] scenario = "demo"`). Whoever opens it again — `missionctl`
 in its repository, or `missionctl demo --dir` on its folder — gets the scripted server started again on a fresh
@@ -85,6 +85,12 @@ DEMO_AGENTS = [
         policy="commands",
     ),
     AgentConfig(
+        name="demo-pick",
+        task="Let shout() end in as many exclamation marks as asked (one by default).",
+        models=["demo-pick-a", "demo-pick-b", "demo-pick-c"],
+        policy="never",
+    ),
+    AgentConfig(
         name="demo-stream",
         task="Print a long listing so that I can see the streaming log.",
         model="demo-stream",
@@ -149,7 +155,7 @@ def demo_settings(cfg: Config, repo: Path) -> None:
     # every agent's work arrives checked: the tests its diff touches, after each turn that changed it
     cfg.checks = ChecksConfig(test="python -m unittest -q", affected="python -m unittest -q {tests}", on="idle")
     # the scripted models at the example config's price, so that the demo shows what a fleet costs
-    models = {a.model for a in cfg.agents} | {cfg.model.model}
+    models = {a.model for a in cfg.agents} | {m for a in cfg.agents for m in a.models} | {cfg.model.model}
     cfg.prices = {m: PriceConfig(input=0.25, output=2.0) for m in sorted(models) if m}
 
 

@@ -380,3 +380,27 @@ async def test_the_new_agent_dialog_starts_copies(repo: Path, server: Any) -> No
         await until(pilot, lambda: sorted(app.fleet.agents) == ["pair-1", "pair-2"], what="the copies")
         assert {a.group for a in app.fleet.list()} == {"pair"}
         assert await app.fleet.wait_settled(timeout=30)
+
+
+# -- the demo ------------------------------------------------------------------------------------------
+async def test_the_demo_has_a_best_of_3_group_whose_checks_differ(tmp_path: Path) -> None:
+    from mc.demo import DEMO_AGENTS, start_demo
+    from mc.fleet import Fleet
+
+    demo = start_demo(tmp_path / "demo")
+    fleet = Fleet(demo.config)
+    await fleet.open()
+    try:
+        agents = await fleet.spawn_copies(next(a for a in DEMO_AGENTS if a.name == "demo-pick"))
+        assert [a.name for a in agents] == ["demo-pick-1", "demo-pick-2", "demo-pick-3"]
+        assert await fleet.wait_settled(120)
+        summaries = [(await fleet.wait_checks(a.id)).summary() for a in agents]
+        assert summaries[0] == "✓ 2 passed" and summaries[2] == "✓ 3 passed"
+        assert agents[1].check.state == "failed"
+        assert [a.files_changed for a in agents] == [1, 1, 2]
+        from mc import cost
+
+        assert cost.group_totals(fleet.list(), fleet.config)["demo-pick"].cost is not None  # priced
+    finally:
+        await fleet.close()
+        demo.stop()

@@ -571,6 +571,9 @@ def test_demo_scenario_has_an_agent_for_each_demo_agent() -> None:
         "demo-docs",
         "demo-stream",
         "demo-rename",
+        "demo-pick-a",
+        "demo-pick-b",
+        "demo-pick-c",
     ]
     tools = {c.tool for a in scenario.agents for t in a.turns for c in t.calls}
     assert tools <= set(TOOL_NAMES)
