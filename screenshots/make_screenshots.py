@@ -92,6 +92,10 @@ async def main() -> None:
             await _shoot(app, "merge-flags")
             await pilot.press("n")
             await pilot.pause(0.3)
+            app.compare("demo-pick", "demo-pick-1")  # best of 3: the copies side by side, to pick one
+            await pilot.pause(0.6)
+            await _shoot(app, "compare")
+            await pilot.press("escape")
             await pilot.press("question_mark")
             await pilot.pause(0.4)
             await _shoot(app, "help")
