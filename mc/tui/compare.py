@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from mc import cost
+from mc import events as ev
 from mc.agent import Agent
 from mc.client import ClientError
 from mc.config import Config
@@ -45,9 +46,9 @@ if TYPE_CHECKING:
     from mc.tui.app import MissionControl
 
 #: Statuses in which an agent has done what it will do without the engineer (its work can be picked).
-SETTLED = frozenset({"idle", "interrupted", "failed", "killed"})
+SETTLED = ev.SETTLED_STATUSES
 #: Statuses after which an agent has no work left to pick or discard.
-DONE = frozenset({"merged", "discarded"})
+DONE = ev.DONE_STATUSES
 #: Cells of one agent's column (and of the label column) side by side.
 COLUMN = 24
 LABEL = 9
