@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mc import events as ev
 from mc.config import Config
 
 EXIT_REFUSED = 1
@@ -103,7 +104,7 @@ def _run(args: argparse.Namespace, cfg: Config, work: Callable[[Any], Any], *, s
 
 def cmd_stop(args: argparse.Namespace, cfg: Config) -> int:
     async def work(client: Any) -> int:
-        running = [a.name for a in client.list() if a.status in ("starting", "running")]
+        running = [a.name for a in client.list() if a.status in ev.WORKING_STATUSES]
         pid = client.info.get("pid")
         await client.stop()
         ended = f"; interrupted: {', '.join(running)}" if running else ""

@@ -38,6 +38,8 @@ STATUSES: tuple[str, ...] = (
 ACTIVE_STATUSES = frozenset({"starting", "running", "waiting"})
 #: States from which nothing more happens to the agent by itself (a failed agent can still be resumed).
 FINAL_STATUSES = frozenset({"merged", "discarded", "killed", "failed"})
+#: A turn runs: the runner is at work (the clock of its elapsed time runs).
+WORKING_STATUSES = frozenset({"starting", "running"})
 #: The work has left the fleet: merged into its base, or discarded (a snapshot ref keeps it); no worktree.
 DONE_STATUSES = frozenset({"merged", "discarded"})
 #: States a turn ends in, where the engineer's next decision is awaited.

@@ -170,7 +170,7 @@ class Fleet:
         self.watcher = WorktreeWatcher(on_change=self._on_worktree_change)
         await self.watcher.start()
         for agent in self.agents.values():
-            if agent.worktree and Path(agent.worktree).is_dir() and agent.status not in ("merged", "discarded"):
+            if agent.worktree and Path(agent.worktree).is_dir() and agent.status not in ev.DONE_STATUSES:
                 self.watcher.add(agent.id, Path(agent.worktree))
                 self.request_diff(agent.id)
         if self.readonly:
@@ -288,7 +288,7 @@ class Fleet:
         tags = [self._tag(a.id) for a in live]
         await asyncio.to_thread(lambda: [procs.kill_tagged(tag) for tag in tags])
         for agent in live:
-            if agent.status in ("starting", "running") and agent.pending:
+            if agent.status in ev.WORKING_STATUSES and agent.pending:
                 # killed after the question was written and before `waiting` was: it still waits on it
                 await self._runners_loaded()
                 runner = self._runner(agent.id)
@@ -301,7 +301,7 @@ class Fleet:
                             reason="mission control stopped as it asked; the question waits again",
                         )
                     )
-            if agent.status in ("starting", "running"):
+            if agent.status in ev.WORKING_STATUSES:
                 self._try_emit(
                     ev.StatusChanged(
                         agent=agent.id,
@@ -386,7 +386,7 @@ class Fleet:
             with contextlib.suppress(Exception):
                 await runner.detach()
             await asyncio.to_thread(procs.kill_tagged, self._tag(agent_id))
-            if was in ("starting", "running") and not self.readonly:
+            if was in ev.WORKING_STATUSES and not self.readonly:
                 self._try_emit(
                     ev.StatusChanged(
                         agent=agent_id,
@@ -451,10 +451,10 @@ class Fleet:
             self._save_state_soon()  # what `missionctl ls` shows
         if isinstance(event, ev.StatusChanged):
             self._save_state()
-            if event.status not in ("starting", "running"):
+            if event.status not in ev.WORKING_STATUSES:
                 self._checkpoint(event.agent)
             self._update_settled()
-            if event.status not in ("starting", "running", "merged", "discarded"):
+            if event.status not in ev.WORKING_STATUSES | ev.DONE_STATUSES:
                 # a turn that ends (or waits, or stops) is diffed whatever the watcher saw: no change is missed
                 self.request_diff(event.agent)
                 if event.status != "waiting":
@@ -796,7 +796,7 @@ class Fleet:
 
     def settled(self) -> bool:
         """True when no agent is starting or running (each is idle, waiting, done or failed)."""
-        return all(a.status not in ("starting", "running") for a in self.agents.values())
+        return all(a.status not in ev.WORKING_STATUSES for a in self.agents.values())
 
     async def wait_settled(self, timeout: float | None = None) -> bool:
         """Wait until `settled()`. Returns False on timeout."""
@@ -1110,7 +1110,7 @@ class Fleet:
 
     def _redirectable(self, agent: Agent) -> None:
         """Raise FleetError when the agent can take no new instruction."""
-        if agent.status in ("merged", "discarded"):
+        if agent.status in ev.DONE_STATUSES:
             raise FleetError(f"{agent.name} is {agent.status}: start a new agent instead")
         if agent.status == "killed" and not Path(agent.worktree).is_dir():
             raise FleetError(f"{agent.name} was killed and its worktree is gone: start a new agent instead")
@@ -1147,7 +1147,7 @@ class Fleet:
         until `send_review`. Returns its id."""
         self._check_writable()
         agent = self.get(agent_id)
-        if agent.status in ("merged", "discarded"):
+        if agent.status in ev.DONE_STATUSES:
             raise FleetError(f"{agent.name} is {agent.status}: there is no diff to comment on")
         if not text.strip():
             raise FleetError("an empty comment: type what should change in this hunk")
@@ -1269,7 +1269,7 @@ class Fleet:
         """Stop the agent and every process it started; keep its worktree unless discard."""
         self._check_writable()
         agent = self.get(agent_id)
-        if agent.status in ("merged", "discarded"):
+        if agent.status in ev.DONE_STATUSES:
             raise FleetError(f"{agent.name} is {agent.status}: nothing to kill")
         runner = self._runners.pop(agent.id, None)
         if runner is not None:
@@ -1296,7 +1296,7 @@ class Fleet:
         agent = self.get(agent_id)
         if agent.status in ev.ACTIVE_STATUSES:
             raise FleetError(f"{agent.name} is {agent.status}: interrupt it (or let it finish) before merging")
-        if agent.status in ("merged", "discarded"):
+        if agent.status in ev.DONE_STATUSES:
             raise FleetError(f"{agent.name} is already {agent.status}")
         if not agent.branch:
             raise FleetError(f"{agent.name} failed before it had a branch: there is nothing to merge")
@@ -1351,7 +1351,7 @@ class Fleet:
         Returns the snapshot ref (`git worktree add -b NAME PATH REF` brings the work back)."""
         self._check_writable()
         agent = self.get(agent_id)
-        if agent.status in ("merged", "discarded"):
+        if agent.status in ev.DONE_STATUSES:
             raise FleetError(f"{agent.name} is already {agent.status}")
         worktree = Path(agent.worktree) if agent.worktree else None
         if worktree is not None and worktree.is_dir():  # before the agent is stopped: a refusal changes nothing
@@ -1404,7 +1404,7 @@ class Fleet:
         agent = self.agents.get(agent_id)
         if agent is None or self.diff_scheduler is None or not agent.worktree or not agent.base_commit:
             return
-        if agent.status in ("merged", "discarded"):
+        if agent.status in ev.DONE_STATUSES:
             return
         self.diff_scheduler.request(agent_id, Path(agent.worktree), agent.base_commit)
 
@@ -1430,7 +1430,7 @@ class Fleet:
         live = [
             a
             for a in self.agents.values()
-            if a.status not in ("merged", "discarded") and a.worktree and Path(a.worktree).is_dir()
+            if a.status not in ev.DONE_STATUSES and a.worktree and Path(a.worktree).is_dir()
         ]
         await asyncio.gather(*(one(a) for a in live))
 
@@ -1533,7 +1533,7 @@ class Fleet:
         """Raise FleetError when the agent's checks cannot run now."""
         if not self._checks_config(agent.id).test.strip():
             raise FleetError('no checks to run: set [checks] test in the config (e.g. test = "python -m pytest -q")')
-        if agent.status in ("merged", "discarded"):
+        if agent.status in ev.DONE_STATUSES:
             raise FleetError(f"{agent.name} is {agent.status}: there is no worktree to check")
         if not agent.worktree or not Path(agent.worktree).is_dir():
             raise FleetError(f"{agent.name} has no worktree to check")
@@ -1651,7 +1651,7 @@ class Fleet:
         try:
             while (diff := self._flag_next.pop(agent_id, None)) is not None:
                 agent = self.agents.get(agent_id)
-                if agent is None or agent.status in ("merged", "discarded"):
+                if agent is None or agent.status in ev.DONE_STATUSES:
                     return
                 scanner = self._flag_scanners.get(agent_id) or scanner_for(self.config.flags)
                 if scanner is None:
@@ -1664,7 +1664,7 @@ class Fleet:
                     self._flag_scanners.pop(agent_id, None)
                     self._try_emit(ev.ErrorEvent(agent=agent_id, message=f"risk scan failed: {exc!r}"))
                     continue
-                if flags != agent.flags and agent.status not in ("merged", "discarded"):
+                if flags != agent.flags and agent.status not in ev.DONE_STATUSES:
                     self._try_emit(ev.FlagsChanged(agent=agent_id, flags=flags))
         finally:
             self._flag_tasks.pop(agent_id, None)

@@ -120,6 +120,7 @@ def cfg(tmp_path: Path, scripted: Any) -> Any:
     return tui_config(repo, server, [agent(n, policy="never" if n == "writer" else "commands") for n in names])
 
 
+@pytest.mark.forced_statuses
 @pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 48)])
 async def test_every_badge_is_readable_on_every_row(cfg: Any, size: tuple[int, int]) -> None:
     app = MissionControl(Fleet(cfg), spawn_configured=True, clock=lambda: 0.0)

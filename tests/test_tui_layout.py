@@ -51,6 +51,7 @@ def footer_items(line: str) -> list[str]:
     return items
 
 
+@pytest.mark.forced_statuses
 async def test_the_summary_keeps_the_count_of_agents_needing_you_when_many_states_show(repo: Path, server: Any) -> None:
     names = ["quiet", "runner", "writer", "broken", "lister", "q2", "q3", "q4"]
     agents = [agent(n, model="quiet" if n.startswith("q") else n, policy="writes") for n in names]

@@ -291,7 +291,7 @@ class FleetServer:
     async def _diff(self, request: web.Request) -> web.Response:
         agent = self.fleet.get(request.match_info["name"])
         diff = self.fleet.diff(agent.id)
-        if agent.worktree and agent.status not in ("merged", "discarded") and Path(agent.worktree).is_dir():
+        if agent.worktree and agent.status not in ev.DONE_STATUSES and Path(agent.worktree).is_dir():
             diff = await self.fleet.refresh_diff(agent.id)  # asked for: as the worktree is now, not as last seen
         if diff is None:
             return web.json_response({"files": [], "added": 0, "removed": 0, "text": "", "truncated": False})

@@ -374,7 +374,7 @@ class MissionControl(App[int]):
             view.sync(dirty | diff_dirty)
 
     def _tick(self) -> None:
-        if self._closed or not any(a.status in ("starting", "running") for a in self.agents()):
+        if self._closed or not any(a.status in ev.WORKING_STATUSES for a in self.agents()):
             return
         view = self.view_screen()
         if view is not None:
@@ -517,7 +517,7 @@ class MissionControl(App[int]):
                 severity="warning",
             )
             return
-        if agent.status in ("merged", "discarded"):
+        if agent.status in ev.DONE_STATUSES:
             self.notify(f"{agent.name} is already {agent.status}: there is nothing to merge", severity="warning")
             return
         self.hold_keys()  # the dialog opens once the diff is fresh: f, g or s typed meanwhile are its keys
@@ -590,7 +590,7 @@ class MissionControl(App[int]):
         agent = self._need_agent()
         if agent is None:
             return
-        if agent.status in ("merged", "discarded"):
+        if agent.status in ev.DONE_STATUSES:
             self.notify(f"{agent.name} is {agent.status}: there is nothing to check", severity="warning")
             return
         self._command(self.fleet.run_checks(agent.id), f"{agent.name}: checks started")
@@ -661,7 +661,7 @@ class MissionControl(App[int]):
         return getattr(self.fleet, "client", None) is not None
 
     async def action_quit(self) -> None:
-        running = [a.name for a in self.agents() if a.status in ("starting", "running")]
+        running = [a.name for a in self.agents() if a.status in ev.WORKING_STATUSES]
         if self.served:  # the fleet lives on in its server: quitting only detaches this window
             self.farewell = (
                 f"missionctl: detached; the fleet keeps working ({len(running)} running). `missionctl` attaches "
@@ -697,7 +697,7 @@ class MissionControl(App[int]):
         if not self.served:
             self.notify("this window runs the fleet itself: quit (q) to stop it", severity="warning")
             return
-        running = [a.name for a in self.agents() if a.status in ("starting", "running")]
+        running = [a.name for a in self.agents() if a.status in ev.WORKING_STATUSES]
 
         def answer(yes: bool | None) -> None:
             if yes:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from rich.cells import cell_len
 from rich.text import Text
 
+from mc import events as ev
 from mc.agent import Agent
 
 # -- the palette ------------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def duration(seconds: float) -> str:
 def elapsed(agent: Agent, now: float) -> float:
     """Seconds the agent has been at work: until now while it works; a waiting, idle or finished agent's clock
     stands still at its last status change (so that a fleet waiting for the engineer repaints nothing)."""
-    end = now if agent.status in ("starting", "running") else min(agent.status_since, now)
+    end = now if agent.status in ev.WORKING_STATUSES else min(agent.status_since, now)
     return max(0.0, end - agent.created)
 
 

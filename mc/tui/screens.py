@@ -19,6 +19,7 @@ from textual.widgets import Button, Checkbox, Footer, Input, Label, Select, Stat
 from textual.widgets._footer import FooterKey
 
 from mc import cost
+from mc import events as ev
 from mc.agent import Agent
 from mc.config import APPROVE_POLICIES, RUNNERS, AgentConfig, copies_problem
 from mc.tui.format import (
@@ -327,7 +328,7 @@ class FleetScreen(Screen):
         now = app.now()
         for agent_id, pane in self.panes.items():
             agent = app.fleet.agents.get(agent_id)
-            if agent is not None and pane.is_mounted and agent.status in ("starting", "running"):
+            if agent is not None and pane.is_mounted and agent.status in ev.WORKING_STATUSES:
                 pane.update_header(agent, now)
         if self.agent_list is not None:
             self.agent_list.set_state(app.agents(), app.selected, now)
