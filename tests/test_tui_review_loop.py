@@ -256,3 +256,31 @@ async def test_the_checks_view_reads_the_output_through_the_server(tmp_path: Pat
     finally:
         for pid in server_pids(repo):
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_budget_question_says_what_each_key_does_and_a_raises_it_once(tmp_path: Path, scripted: Any) -> None:
+    from mc.config import AgentConfig
+    from tests.test_cost import WRITES
+
+    server = scripted({"tokens_per_second": 0, "first_byte_delay": 0, "agents": [{"name": "w", "turns": WRITES}]})
+    repo = make_repo(tmp_path / "repo")
+    spec = AgentConfig(name="w", task="write four files", model="w", policy="never", budget_tokens=300)
+    app = MissionControl(Fleet(tui_config(repo, server, [spec])), spawn_configured=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.opened and bool(app.fleet.agents), what="the agent")
+        w = app.fleet.get("w")
+        await until(pilot, lambda: "budget-0" in w.pending, what="the budget question")
+        app.select(w.id)
+        await pilot.pause(0.5)
+        shown = "\n".join(screen_text(app))
+        assert "reached its budget" in shown and "of 300 tokens" in shown
+        assert "a raise it once" in shown and "K end it" in shown and "d stop the turn" in shown
+        await pilot.press("a")
+        await until(pilot, lambda: "budget-1" in w.pending, timeout=30, what="the raised budget to be reached")
+        await pilot.pause(0.5)
+        assert "of 600 tokens" in "\n".join(screen_text(app))
+        made = len(server.requests_for("w"))
+        await pilot.press("K")
+        await pilot.press("y")
+        await until(pilot, lambda: w.status == "killed", what="the kill")
+        assert len(server.requests_for("w")) == made

@@ -189,7 +189,13 @@ def approval_text(
     `width` (0: unknown) lays the keys out; `rows` (None: no limit) is the room the whole takes at most: the
     summary shrinks to one line and the proposal to what is left, with a line that says how much more there is.
     """
-    what = {"command": "wants to run", "write": "wants to change", "read": "wants to read"}.get(req.kind, "wants")
+    budget = req.kind == cost.BUDGET_KIND
+    what = {
+        "command": "wants to run",
+        "write": "wants to change",
+        "read": "wants to read",
+        cost.BUDGET_KIND: "reached its budget",
+    }.get(req.kind, "wants")
     title = Text(no_wrap=True, overflow="ellipsis")
     title.append(" NEEDS YOU ", style=NEEDS_YOU)
     title.append(f" {what}", style="bold")
@@ -200,6 +206,13 @@ def approval_text(
         title.append(f"  1 of {len(agent.pending)}", style=YELLOW)
     summary = clean_line(req.summary)
     answers = (("approve", "approve"), ("approve_all", "all like it"), ("deny", "deny"), ("redirect", "redirect"))
+    if budget:  # a raise goes up once by the same amount, whatever the key; kill ends it; deny ends the turn
+        answers = (
+            ("approve", "raise it once"),
+            ("kill", "end it"),
+            ("deny", "stop the turn"),
+            ("redirect", "redirect"),
+        )
     key_text = key_rows([(keys(binding_id), label) for binding_id, label in answers], width)
     lines = proposal_lines(req)
     limit = len(lines) if max_lines is None else min(max_lines, len(lines))
