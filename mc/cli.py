@@ -501,8 +501,25 @@ def cmd_scripted_server(args: argparse.Namespace) -> int:
 
 
 def cmd_open(args: argparse.Namespace) -> int:
+    if args.remote:
+        return _remote_tui(args.remote, monitor=args.monitor)
     cfg = resolve_config(args.config)
     return _tui(cfg, monitor=args.monitor)
+
+
+def _remote_tui(url: str, *, monitor: bool) -> int:
+    """The window attached to a fleet on another machine, through an ssh tunnel (mc/remote.py)."""
+    from mc.remote import RemoteError, open_remote
+    from mc.tui.app import run_tui
+
+    try:
+        fleet, tunnel = open_remote(url, readonly=monitor)
+    except RemoteError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        return run_tui(fleet, monitor=monitor)
+    finally:
+        tunnel.close()
 
 
 CONFIG_HELP = "config file (default: missionctl.toml or .mc/config.toml at the top of the repository here)"
@@ -523,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--monitor", action="store_true", help="follow the fleet read-only (beside the process that drives it)"
     )
+    parser.add_argument(
+        "--remote",
+        metavar="ssh://[USER@]HOST[:PORT]/PATH",
+        help="open the window on the fleet of the repository PATH on another machine, through ssh (no TCP port "
+        "is opened; the far side needs missionctl)",
+    )
     sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
 
     def command(name: str, summary: str, description: str = "") -> argparse.ArgumentParser:
@@ -531,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "demo",
         "run a demo fleet against the built-in scripted model",
-        "A sample repository and five agents against the built-in scripted model: no API key, no network. "
+        "A sample repository and a fleet of agents against the built-in scripted model (approvals, checks that "
+        "pass and fail, a flagged diff, a best-of-3 group): no API key, no network. "
         "Given the folder of an earlier demo, it opens that demo's fleet again as it was left.",
     )
     p.add_argument("--headless", action="store_true", help="no UI: one JSON line per event on stdout")
@@ -610,6 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", cmd_open)
+    if args.remote and func is not cmd_open:
+        print(
+            "missionctl: --remote opens the window only: run the command on that machine (ssh HOST missionctl …)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return func(args)
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""The `missionctl` subcommands that talk to a running fleet server: serve, stop, spawn, approve, deny,
+"""The `missionctl` subcommands that talk to a running fleet server: serve, socket, stop, spawn, approve, deny,
 redirect, interrupt, resume, kill, events.
 
 Each one is a client of the repository's fleet server (started on demand, except by `stop` and `events`),
@@ -63,6 +63,20 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
 
     asyncio.run(server.serve(on_ready=ready))
     print("missionctl: the fleet server stopped; every agent was ended", file=sys.stderr)
+    return 0
+
+
+def cmd_socket(args: argparse.Namespace, cfg: Config) -> int:
+    """Print the path of the fleet server's socket, starting the server when none runs (what `--remote`
+    asks of the far side, and a script's way to talk HTTP to the fleet: `curl --unix-socket PATH`)."""
+    from mc.client import ClientError, ensure_server
+
+    try:
+        socket = asyncio.run(ensure_server(state_dir(cfg), _server_argv(args)))
+    except ClientError as exc:
+        print(f"missionctl: {exc}", file=sys.stderr)
+        return EXIT_NO_SERVER
+    print(socket)
     return 0
 
 
@@ -211,6 +225,15 @@ def register(
     )
     config_option(p)
     p.set_defaults(func=wrap(cmd_serve))
+
+    p = command(
+        "socket",
+        "print the fleet server's socket (starting the server if none runs)",
+        "Print the path of the Unix socket of the repository's fleet server, starting the server when none runs: "
+        "the far end of `missionctl --remote`, or `curl --unix-socket PATH http://fleet/v1/fleet` in a script.",
+    )
+    config_option(p)
+    p.set_defaults(func=wrap(cmd_socket))
 
     p = command("stop", "stop the fleet server: every agent ends (mid-turn ones as interrupted)")
     config_option(p)

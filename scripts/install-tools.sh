@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the tools the tests use beside Python packages:
 # - bubblewrap (Debian package, when we are root and it is missing), for the sandbox tests;
+# - openssh-server (the same way), for the tests of `missionctl --remote` against a local sshd;
 # - the pinned agent CLIs of the codex, acp and claude runners, into the project-local folder .cache/npm
 #   (git-ignored). The runners find them there when they are not on PATH.
 # Usage: scripts/install-tools.sh   (needs node and npm; does nothing when everything is there)
@@ -10,6 +11,14 @@ if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [
   { apt-get install -y -q bubblewrap >/dev/null 2>&1 ||
     { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; }; } ||
     echo "install-tools: bubblewrap not installed; the sandbox tests will check the refusal message only" >&2
+fi
+# OpenSSH's server (Debian package, when we are root and it is missing), for the tests of `--remote` against sshd
+# on 127.0.0.1 (the tests start their own sshd, with keys of their own, on a free port).
+if ! [ -x /usr/sbin/sshd ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null 2>&1 &&
+      apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1; }; } ||
+    echo "install-tools: openssh-server not installed; the --remote tests are skipped" >&2
 fi
 CODEX_VERSION=0.171.0          # @openai/codex: `codex app-server`
 CODEX_MIN_VERSION=0.169.0      # the oldest @openai/codex the codex runner accepts, in .cache/npm-codex-VERSION

@@ -9,7 +9,9 @@ MC = Path(__file__).resolve().parent.parent / "mc"
 FORBIDDEN = {
     # the client speaks to a fleet over its socket: it never holds one itself
     "mc.client": ("textual", "mc.tui", "mc.cli", "mc.server", "mc.fleet", "mc.agents", "mc.tools", "mc.git"),
-    "mc.server": ("textual", "mc.tui", "mc.cli", "mc.client"),
+    "mc.server": ("textual", "mc.tui", "mc.cli", "mc.client", "mc.remote"),
+    # a fleet elsewhere, reached through ssh: a client, like mc.client
+    "mc.remote": ("textual", "mc.tui", "mc.cli", "mc.server", "mc.fleet", "mc.agents", "mc.tools", "mc.git"),
     "mc.snapshot": ("textual", "mc.tui", "mc.cli", "mc.fleet", "mc.server", "mc.client"),
     "mc.fleet": ("textual", "mc.tui", "mc.cli", "mc.server", "mc.client"),
     "mc.agents": ("textual", "mc.tui", "mc.cli", "mc.fleet"),

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import aiohttp
@@ -412,13 +412,20 @@ class RemoteFleet:
     """
 
     def __init__(
-        self, config: Any, socket: Path, *, readonly: bool = False, server_argv: list[str] | None = None
+        self,
+        config: Any,
+        socket: Path,
+        *,
+        readonly: bool = False,
+        server_argv: list[str] | None = None,
+        root: PurePath | None = None,
     ) -> None:
         self.config = config
         self.readonly = readonly
         self.socket = Path(socket)
         self.state_dir = self.socket.parent
-        self.root = self.state_dir.parent
+        self.root: PurePath = root or self.state_dir.parent
+        """The repository (on another machine for `--remote`: its path there)."""
         self.client = FleetClient(self.socket)
         self.diffs: dict[str, Diff] = {}
         self._server_argv = server_argv

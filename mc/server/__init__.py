@@ -197,6 +197,7 @@ class FleetServer:
         r = app.router
         r.add_get("/v1/info", self._info)
         r.add_get("/v1/fleet", self._snapshot)
+        r.add_get("/v1/config", self._config)
         r.add_get("/v1/events", self._events)
         r.add_post("/v1/agents", self._spawn)
         r.add_post("/v1/spawn-configured", self._spawn_configured)
@@ -312,6 +313,16 @@ class FleetServer:
         agent = self.fleet.get(request.match_info["name"])
         lines = await asyncio.to_thread(self.fleet.full_log, agent.id)
         return web.json_response({"lines": [list(line) for line in lines]})
+
+    async def _config(self, request: web.Request) -> web.Response:
+        """The config the fleet runs with, as the text of its file ("" when it runs on the defaults), so that a
+        window elsewhere (`--remote`) shows it with the same keys, prices and agents."""
+        source = self.fleet.config.source
+        text = ""
+        if source:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                text = await asyncio.to_thread(Path(source).read_text, encoding="utf-8")
+        return web.json_response({"source": source, "text": text, "repo": str(self.fleet.root)})
 
     async def _check_output(self, request: web.Request) -> web.Response:
         agent = self.fleet.get(request.match_info["name"])
