@@ -1,9 +1,10 @@
-"""The Fleet: owns the agents; the one API the TUI, the CLI (and later a daemon) talk to.
+"""The Fleet: owns the agents; the one API the fleet server (mc/server) wraps, and tests drive in-process.
 
 Every command is a coroutine that runs on the caller's event loop; git, disk and process work goes to
 threads. Every event is appended to its agent's log on disk first, folded into the agent's state, and
-then handed to every subscriber. A read-only fleet (a monitor) follows the logs of a fleet owned by
-another process instead, and refuses commands.
+then handed to every subscriber. A read-only fleet reads the state of a fleet another process owns, as
+its files are when it opens (what `missionctl ls` and `doctor` show), and refuses commands; a window that
+follows a fleet live is a client of its server's event stream (mc/client).
 """
 
 from __future__ import annotations
@@ -94,7 +95,6 @@ class Fleet:
         self._listeners: list[Listener] = []
         self._queues: list[asyncio.Queue[ev.Event]] = []
         self._offsets: dict[str, int] = {}
-        self._tail_task: asyncio.Task[None] | None = None
         self._settled = asyncio.Event()
         self._opened = False
         self._lock = asyncio.Lock()
@@ -119,7 +119,6 @@ class Fleet:
         self._demo_server: Any = None
         self._background: set[asyncio.Task[None]] = set()
         self._broken_listeners: set[Any] = set()
-        self._tail_errors: set[str] = set()
         self._flag_scanners: dict[str, FlagScanner] = {}  # agent → its scanner (which keeps per-file results)
         self._flag_next: dict[str, Diff] = {}  # agent → the newest diff its scan has not read yet
         self._flag_tasks: dict[str, asyncio.Task[None]] = {}
@@ -173,9 +172,7 @@ class Fleet:
             if agent.worktree and Path(agent.worktree).is_dir() and agent.status not in ev.DONE_STATUSES:
                 self.watcher.add(agent.id, Path(agent.worktree))
                 self.request_diff(agent.id)
-        if self.readonly:
-            self._tail_task = asyncio.get_running_loop().create_task(self._tail())
-        else:
+        if not self.readonly:  # read-only: the fleet as its files are now (what follows it is a client's stream)
             # in the background: the first frame need not wait for the openai SDK's import
             self._preload = asyncio.get_running_loop().create_task(self._preload_runners())
             await self._revive()
@@ -375,10 +372,6 @@ class Fleet:
 
     async def close(self) -> None:
         """Stop runners and watchers and release the fleet. State stays on disk for the next start."""
-        if self._tail_task is not None:
-            self._tail_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tail_task
         await self.checks.close("mission control was closed while it ran")
         for agent_id, runner in list(self._runners.items()):
             agent = self.agents[agent_id]
@@ -626,32 +619,6 @@ class Fleet:
                 yield await queue.get()
         finally:
             self._queues.remove(queue)
-
-    async def _tail(self) -> None:
-        """Monitor mode: follow the event logs another process writes."""
-        while True:
-            await asyncio.sleep(0.25)
-            try:
-                ids = await asyncio.to_thread(self.store.agent_ids_on_disk)
-                for agent_id in ids:
-                    events, offset = await asyncio.to_thread(
-                        self.store.read_events, agent_id, self._offsets.get(agent_id, 0)
-                    )
-                    self._offsets[agent_id] = offset
-                    for event in events:
-                        new = agent_id not in self.agents
-                        self._deliver(event)
-                        if new and self.watcher and self.agents[agent_id].worktree:
-                            self.watcher.add(agent_id, Path(self.agents[agent_id].worktree))
-                        if isinstance(event, ev.DiffChanged):
-                            self.request_diff(agent_id)
-                        if isinstance(event, ev.StatusChanged):
-                            self._update_settled()
-            except Exception as exc:  # said, once per kind of failure; the next round tries again
-                text = f"{type(exc).__name__}: {exc}"
-                if text not in self._tail_errors:
-                    self._tail_errors.add(text)
-                    log.exception("following the fleet's logs failed: %s", text)
 
     @property
     def owner_pid(self) -> int | None:

@@ -79,8 +79,8 @@ class FleetLocked(StoreError):
     def __init__(self, pid: int | None, path: Path) -> None:
         who = f"process {pid}" if pid else "another process"
         super().__init__(
-            f"this fleet is already driven by {who} (lock {path}): open it read-only with "
-            "`missionctl --monitor`, or stop that process first"
+            f"this fleet is already driven by {who} (lock {path}): wait for it to end, or stop it; a window "
+            "opened with `missionctl` attaches to the fleet's server instead"
         )
         self.pid = pid
 

@@ -139,16 +139,9 @@ class MissionControl(App[int]):
             loop.add_signal_handler(sig, self._on_signal)
         try:
             await self.fleet.open()
-        except FleetLocked as exc:
-            readonly = Fleet(self.config, readonly=True, state_dir=self.fleet.state_dir)
-            try:
-                await readonly.open()
-            except FleetError as err:
-                self.exit(2, message=f"missionctl: {err}")
-                return
-            self.fleet = readonly
-            self.monitor = True
-            self.notify(f"{exc}: opened as a read-only monitor", timeout=8)
+        except FleetLocked as exc:  # owned by a process that is not a fleet server: it has no stream to follow
+            self.exit(2, message=f"missionctl: {exc}")
+            return
         except (FleetError, ClientError) as exc:
             self.exit(2, message=f"missionctl: {exc}")
             return

@@ -252,6 +252,8 @@ class FleetScreen(Screen):
     # -- layout ----------------------------------------------------------------------------------
     def relayout(self, force: bool = False) -> None:
         """Rebuild the body when the number of agents or the terminal size calls for another layout."""
+        if not self.body.is_attached:
+            return  # the app is leaving before its first frame (a fleet that could not open)
         agents = self.mc.agents()
         width, height = self.size.width, self.size.height
         avail = max(1, height - 3)
