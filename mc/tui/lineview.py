@@ -172,7 +172,7 @@ class LineView(ScrollView, can_focus=True):
             self.refresh()
 
     def _changed(self, added: int) -> None:
-        self.virtual_size = Size(max(1, self.scrollable_content_region.width), self.row_count)
+        self._set_virtual_size()
         if self.follow:
             self._to_end()
         elif added:
@@ -202,8 +202,18 @@ class LineView(ScrollView, can_focus=True):
         # Textual refuses to scroll a widget without one (a burst of lines would stay at its first row)
         self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
 
+    def _set_virtual_size(self) -> None:
+        """Size the scrollable content without a layout pass of the screen: Textual's `virtual_size` reactive
+        lays the whole screen out on every change, and a streaming log changes it on every drain. A layout is
+        needed only when the scrollbar comes or goes (it takes a column), and `_scroll_update` asks for one
+        then, as Textual's own `_size_updated(layout=False)` does."""
+        size = Size(max(1, self.scrollable_content_region.width), self.row_count)
+        if size != self.virtual_size:
+            self.set_reactive(LineView.virtual_size, size)
+            self._scroll_update(size)
+
     def on_resize(self) -> None:
-        self.virtual_size = Size(max(1, self.scrollable_content_region.width), self.row_count)
+        self._set_virtual_size()
         if self.follow:
             self.call_after_refresh(lambda: self.follow and self._to_end())
 

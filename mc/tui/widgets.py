@@ -332,7 +332,7 @@ class AgentPane(Vertical):
             return  # nothing new to show: no repaint
         self._header = (title, subtitle, head.plain, agent.status)
         self.border_title = title
-        self.head.update(head)
+        self.head.update(head, layout=False)  # one row, whatever it says (.pane-head): a repaint, no layout
         self.border_subtitle = subtitle
 
     def on_click(self, event: events.Click) -> None:
@@ -515,4 +515,5 @@ class SummaryBar(Static):
             line(False, False),
             line(False, False, totals=False),
         ]
-        self.update(first_fitting(self.content_region.width or candidates[0].cell_len, candidates))
+        fitting = first_fitting(self.content_region.width or candidates[0].cell_len, candidates)
+        self.update(fitting, layout=False)  # one row, whatever it says (#summary): a repaint, no layout
