@@ -14,7 +14,9 @@ from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.geometry import Region
 from textual.message import Message
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -340,7 +342,11 @@ class AgentPane(Vertical):
 
 
 class AgentList(Widget, can_focus=False):
-    """Many agents, one line each; the selected one is highlighted and kept in view."""
+    """Many agents, one line each; the selected one is highlighted and kept in view.
+
+    Rendered row by row: each row's strip is kept while the row shows the same, and only the rows that changed
+    are repainted (a move changes two rows, a clock one; turning 32 rows of text into strips on every change
+    cost more than everything else the window painted)."""
 
     class Clicked(Message):
         def __init__(self, agent_id: str) -> None:
@@ -354,6 +360,11 @@ class AgentList(Widget, can_focus=False):
         self.now = 0.0
         self._top = 0
         self._shown: object = None
+        self._rows: list[Text] = []
+        """The rows on screen, top to bottom."""
+        self._keys: list[object] = []
+        self._width = -1
+        self._strips: dict[object, Strip] = {}
 
     def set_state(self, agents: Sequence[Agent], selected: str | None, now: float) -> None:
         """Take the fleet's state; repaint only when a row would show something else (a streaming fleet
@@ -384,7 +395,29 @@ class AgentList(Widget, can_focus=False):
         )
         if shown != self._shown:
             self._shown = shown
+            self._update_rows()
+
+    def on_resize(self) -> None:
+        self._update_rows()
+
+    def _update_rows(self) -> None:
+        """Build the rows on screen and repaint those that changed (all of them when the width did)."""
+        start, end = self._window()
+        width = self.size.width
+        rows = [self._row(i, width) for i in range(start, end)]
+        keys: list[object] = [(row.plain, tuple(row.spans)) for row in rows]
+        old, self._rows, self._keys = self._keys, rows, keys
+        if width != self._width or len(keys) != len(old):
+            self._width = width
+            self._strips.clear()
             self.refresh()
+            return
+        for y, (key, was) in enumerate(zip(keys, old, strict=True)):
+            if key != was:
+                self.refresh(Region(0, y, width, 1))
+        if len(self._strips) > 4 * max(len(keys), self.size.height):
+            kept = set(keys)
+            self._strips = {key: strip for key, strip in self._strips.items() if key in kept}
 
     def _window(self) -> tuple[int, int]:
         height = max(1, self.size.height)
@@ -397,42 +430,60 @@ class AgentList(Widget, can_focus=False):
         self._top = max(0, min(self._top, max(0, len(ids) - height)))
         return self._top, min(len(ids), self._top + height)
 
-    def render(self) -> Text:
-        start, end = self._window()
-        width = self.size.width
+    def _row(self, i: int, width: int) -> Text:
+        """The row of the `i`-th agent, `width` cells wide."""
         name_w = max(8, min(24, max((len(a.name) for a in self.agents), default=8)))
+        a = self.agents[i]
+        line = Text(no_wrap=True, overflow="ellipsis")
+        num = f"{i + 1:>2}" if i < 9 else "  "
+        sel = a.id == self.selected
+        line.append("▸" if sel else " ", style="bold")
+        line.append(f"{num} {a.name[:name_w]:<{name_w}} ", style="bold" if sel else "")
+        line.append_text(status_text(a.status, pad=13))
+        line.append(f" {duration(elapsed(a, self.now)):>7}")
+        line.append(f" {tokens_text(a):>6} tok", style=MUTED)
+        line.append(f" {a.files_changed:>3}f ")
+        line.append(f"+{a.lines_added}", style=ADDED)
+        line.append("/")
+        line.append(f"-{a.lines_removed}", style=REMOVED)
+        badges = Text(" ")
+        badges.append_text(check_badge(a, short=True))
+        badges.align("left", 12)
+        badges.append_text(flags_badge(a, short=True))
+        badges.align("left", 16)
+        if line.cell_len + badges.cell_len + (11 if a.pending else 0) <= width:
+            line.append_text(badges)  # checks and flags yield first: the pane and the zoom show them too
+        if a.pending:
+            line.append("  ")
+            line.append("NEEDS YOU", style=NEEDS_YOU)
+        if sel:
+            line.stylize_before(SELECTED_ROW)  # under the spans: every badge keeps its own background
+        line.truncate(width, pad=True)
+        return line
+
+    def render(self) -> Text:
+        """Every row on screen as one text (what `render_line` paints row by row)."""
+        start, end = self._window()
         out = Text(no_wrap=True, overflow="ellipsis")
         for i in range(start, end):
-            a = self.agents[i]
-            line = Text(no_wrap=True, overflow="ellipsis")
-            num = f"{i + 1:>2}" if i < 9 else "  "
-            sel = a.id == self.selected
-            line.append("▸" if sel else " ", style="bold")
-            line.append(f"{num} {a.name[:name_w]:<{name_w}} ", style="bold" if sel else "")
-            line.append_text(status_text(a.status, pad=13))
-            line.append(f" {duration(elapsed(a, self.now)):>7}")
-            line.append(f" {tokens_text(a):>6} tok", style=MUTED)
-            line.append(f" {a.files_changed:>3}f ")
-            line.append(f"+{a.lines_added}", style=ADDED)
-            line.append("/")
-            line.append(f"-{a.lines_removed}", style=REMOVED)
-            badges = Text(" ")
-            badges.append_text(check_badge(a, short=True))
-            badges.align("left", 12)
-            badges.append_text(flags_badge(a, short=True))
-            badges.align("left", 16)
-            if line.cell_len + badges.cell_len + (11 if a.pending else 0) <= width:
-                line.append_text(badges)  # checks and flags yield first: the pane and the zoom show them too
-            if a.pending:
-                line.append("  ")
-                line.append("NEEDS YOU", style=NEEDS_YOU)
-            if sel:
-                line.stylize_before(SELECTED_ROW)  # under the spans: every badge keeps its own background
-            line.truncate(width, pad=True)
-            out.append_text(line)
+            out.append_text(self._row(i, self.size.width))
             if i < end - 1:
                 out.append("\n")
         return out
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        base = self.rich_style
+        if width != self._width:  # laid out anew before on_resize: build the rows for this width
+            self._update_rows()
+        if y >= len(self._rows):
+            return Strip.blank(width, base)
+        key = self._keys[y]
+        strip = self._strips.get(key)
+        if strip is None:
+            segments = list(self._rows[y].render(self.app.console))
+            strip = self._strips[key] = Strip(segments).apply_style(base).crop_extend(0, width, base)
+        return strip
 
     def on_click(self, event: events.Click) -> None:
         start, _ = self._window()
