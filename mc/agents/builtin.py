@@ -9,11 +9,13 @@ when the process died is reported to the model as not finished, and the model is
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import os
 import platform
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -537,15 +539,26 @@ class BuiltinRunner(Runner):
         agent does while a model streams; a plain `json.loads` of each `data:` line is enough for the few
         fields we read. Status errors are still raised by the SDK (before the first line)."""
         async with request as response:
-            async for line in response.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if not data or data == "[DONE]":
-                    continue
-                value = json.loads(data)
-                if isinstance(value, dict):
-                    yield value
+            lines = SseLines()
+            loop = asyncio.get_running_loop()
+            last = -READ_PACE
+            async for chunk in response.iter_bytes():
+                for line in lines.feed(chunk):
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if not data or data == "[DONE]":
+                        continue
+                    value = json.loads(data)
+                    if isinstance(value, dict):
+                        yield value
+                # A busy stream is read at most every READ_PACE: the next read takes every event that came
+                # meanwhile in one go (each read of a stream costs far more than the few bytes it brings).
+                now = loop.time()
+                if now - last < READ_PACE:
+                    await asyncio.sleep(READ_PACE - (now - last))
+                last = loop.time()
+            lines.feed(b"", final=True)
 
     async def _stream_once(self) -> _Reply:
         """One model call, within its own deadline ([model] call_timeout: a stream that trickles or sends only
@@ -649,6 +662,36 @@ class BuiltinRunner(Runner):
                 call["id"] = f"call_{index}_{random.randrange(1 << 30):x}"
             reply.calls.append(call)
         return reply
+
+
+#: Seconds between two reads of a model's stream while it streams fast (its text leaves as events every
+#: _DeltaBuffer.INTERVAL anyway); a stream whose events come further apart is read as each arrives.
+READ_PACE = 0.05
+
+_EOL = re.compile("\r\n|\r|\n")
+
+
+class SseLines:
+    """The lines of a byte stream cut anywhere: inside a line, between CR and LF, inside a UTF-8 character.
+    Lines end at LF, CRLF or CR, as in server-sent events."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._rest = ""
+
+    def feed(self, chunk: bytes, *, final: bool = False) -> list[str]:
+        """The lines completed by `chunk` (with `final`, the unfinished last one too)."""
+        text = self._rest + self._decoder.decode(chunk, final)
+        hold = ""
+        if not final and text.endswith("\r"):  # its LF may come in the next chunk
+            text, hold = text[:-1], "\r"
+        lines = _EOL.split(text)
+        rest = lines.pop()  # after the last line end: the start of a line still coming
+        if final:
+            self._rest = ""
+            return [*lines, rest] if rest else lines
+        self._rest = rest + hold
+        return lines
 
 
 class _DeltaBuffer:
