@@ -541,8 +541,14 @@ class BuiltinRunner(Runner):
         async with request as response:
             lines = SseLines()
             loop = asyncio.get_running_loop()
-            last = -READ_PACE
-            async for chunk in response.iter_bytes():
+            chunks = response.iter_bytes().__aiter__()
+            while True:
+                asked = loop.time()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                waited = loop.time() - asked > READ_WAITED
                 for line in lines.feed(chunk):
                     if not line.startswith("data:"):
                         continue
@@ -552,12 +558,11 @@ class BuiltinRunner(Runner):
                     value = json.loads(data)
                     if isinstance(value, dict):
                         yield value
-                # A busy stream is read at most every READ_PACE: the next read takes every event that came
-                # meanwhile in one go (each read of a stream costs far more than the few bytes it brings).
-                now = loop.time()
-                if now - last < READ_PACE:
-                    await asyncio.sleep(READ_PACE - (now - last))
-                last = loop.time()
+                if waited:
+                    # This chunk came from the network, not from what a read had already taken in: let the next
+                    # events gather for READ_PACE, then one read takes them all (a read of a stream costs far more
+                    # than the few bytes of one event; its text leaves as one event per _DeltaBuffer.INTERVAL).
+                    await asyncio.sleep(READ_PACE)
             lines.feed(b"", final=True)
 
     async def _stream_once(self) -> _Reply:
@@ -664,9 +669,12 @@ class BuiltinRunner(Runner):
         return reply
 
 
-#: Seconds between two reads of a model's stream while it streams fast (its text leaves as events every
-#: _DeltaBuffer.INTERVAL anyway); a stream whose events come further apart is read as each arrives.
+#: Seconds a model's stream is left to gather events after a read that waited for the network (its text
+#: leaves as events every _DeltaBuffer.INTERVAL anyway): a fast stream is read ~20 times a second, whatever its
+#: rate, each read taking every event that came meanwhile.
 READ_PACE = 0.05
+#: A chunk that took longer than this to come was read from the network (not from what a read had taken in).
+READ_WAITED = 0.001
 
 _EOL = re.compile("\r\n|\r|\n")
 
