@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from textual import messages
 from textual.message import Message
+from textual.widgets._footer import FooterKey
 
 from mc import events as ev
 from mc.fleet import Fleet
 from mc.tui.app import MissionControl
-from mc.tui.screens import GRID_MAX
+from mc.tui.screens import GRID_MAX, ZoomScreen
 from tests.conftest import make_repo
 from tests.tui_helpers import SCENARIO, agent, settle, tui_config
 
@@ -61,3 +62,28 @@ async def test_lines_clocks_and_moves_repaint_without_a_layout_pass(tmp_path: Pa
         shown = next(iter(screen.panes.values())).log_view
         assert shown.plain_text().endswith(" line 350")  # the lines did arrive
         assert layouts(captured) == []
+
+
+async def test_leaving_the_zoom_keeps_the_footer_items_that_did_not_change(tmp_path: Path, scripted: Any) -> None:
+    server = scripted(SCENARIO)
+    repo = make_repo(tmp_path / "repo")
+    cfg = tui_config(repo, server, [agent("quiet", policy="never"), agent("lister", policy="never")])
+    app = MissionControl(Fleet(cfg), spawn_configured=True)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(pilot, app)
+        screen = app.fleet_screen()
+        assert screen is not None
+        before = list(screen.query(FooterKey))
+        assert [k.description for k in before][:2] == ["Zoom", "Approve"]
+        await pilot.press("enter")
+        await pilot.pause(0.4)
+        assert isinstance(app.screen, ZoomScreen)
+        assert "Back" in [k.description for k in app.screen.query(FooterKey)]
+        await pilot.press("escape")
+        await pilot.pause(0.4)
+        assert app.screen is screen
+        assert list(screen.query(FooterKey)) == before  # the same widgets: not mounted again
+        await pilot.resize_terminal(80, 24)  # fewer items fit: these are mounted again
+        await pilot.pause(0.4)
+        narrow = [k.description for k in screen.query(FooterKey)]
+        assert "Zoom" in narrow and len(narrow) < len(before)

@@ -86,9 +86,32 @@ class NarrowFooter(Footer):
     instead of the last ones being cut; below 120 columns the command palette hint goes too. In a read-only
     monitor the decision keys are not offered."""
 
+    _composed: list[tuple[Any, ...]] | None = None
+
     def compose(self) -> ComposeResult:
-        if not self._bindings_ready:
+        plan = self._plan()
+        self._composed = plan
+        for key, display, description, action, disabled, tooltip, palette in plan:
+            if palette:
+                yield FooterKey(
+                    key, display, description, action, classes="-command-palette", disabled=disabled, tooltip=tooltip
+                )
+            else:
+                yield FooterKey(key, display, description, action, disabled=disabled, tooltip=tooltip).data_bind(
+                    compact=Footer.compact
+                )
+
+    async def recompose(self) -> None:
+        """Mount the items again only when they would differ: the bindings change at every screen switch and
+        focus change, mostly to the same items (remounting them cost a third of opening or leaving the zoom)."""
+        if self._composed is not None and self.is_attached and self._plan() == self._composed:
             return
+        await super().recompose()
+
+    def _plan(self) -> list[tuple[Any, ...]]:
+        """(key, shown key, description, action, disabled, tooltip, is the palette's) of each item to show."""
+        if not self._bindings_ready:
+            return []
         app: Any = self.app
         width = app.size.width
         monitor = bool(getattr(app, "monitor", False))
@@ -114,25 +137,28 @@ class NarrowFooter(Footer):
             if not candidates:
                 break
             kept.discard(max(candidates, key=yields))
-        for index, (binding, enabled, tooltip, key) in enumerate(items):
-            if index in kept:
-                yield FooterKey(
-                    binding.key, key, binding.description, binding.action, disabled=not enabled, tooltip=tooltip
-                ).data_bind(compact=Footer.compact)
+        plan: list[tuple[Any, ...]] = [
+            (binding.key, key, binding.description, binding.action, not enabled, tooltip, False)
+            for index, (binding, enabled, tooltip, key) in enumerate(items)
+            if index in kept
+        ]
         if palette:
             try:
                 _node, binding, enabled, tooltip = self.screen.active_bindings[app.COMMAND_PALETTE_BINDING]
             except KeyError:
-                return
-            yield FooterKey(
-                binding.key,
-                app.get_key_display(binding),
-                binding.description,
-                binding.action,
-                classes="-command-palette",
-                disabled=not enabled,
-                tooltip=binding.tooltip or binding.description,
+                return plan
+            plan.append(
+                (
+                    binding.key,
+                    app.get_key_display(binding),
+                    binding.description,
+                    binding.action,
+                    not enabled,
+                    binding.tooltip or binding.description,
+                    True,
+                )
             )
+        return plan
 
     def on_resize(self) -> None:
         if self.is_attached and self._bindings_ready:
