@@ -126,10 +126,12 @@ def write_config(
 class Tmux:
     """`missionctl ARGS` in its own tmux server at COLSxROWS."""
 
-    def __init__(self, args: list[str], cwd: Path, size: str = "160x48") -> None:
-        self.sock = f"mcbench{os.getpid()}"
+    def __init__(self, args: list[str], cwd: Path, size: str = "160x48", *, script: str = "", name: str = "") -> None:
+        """`script`: run that Python file of bench/ instead of `missionctl`; `name`: a second server beside."""
+        self.sock = f"mcbench{os.getpid()}{name}"
         cols, rows = size.split("x")
-        cmd = " ".join([sys.executable, "-m", "mc", *args])
+        program = [str(ROOT / "bench" / script)] if script else ["-m", "mc"]
+        cmd = " ".join([sys.executable, *program, *args])
         self.started = time.perf_counter()
         subprocess.run(
             [
