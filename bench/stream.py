@@ -217,8 +217,8 @@ def main() -> None:
         helps, helps_out = Keys("help open (?)"), Keys("help close (Escape)")
         prompt, prompt_out = Keys("dialog open (r: redirect prompt)"), Keys("dialog close (Escape)")
         for _ in range(10):
-            helps.add(timed(app, "?", shows(r"command palette")))
-            helps_out.add(timed(app, "Escape", gone(r"command palette")))
+            helps.add(timed(app, "?", shows(r"what it does")))
+            helps_out.add(timed(app, "Escape", gone(r"what it does")))
             prompt.add(timed(app, "r", shows(r"New instruction for")))
             prompt_out.add(timed(app, "Escape", gone(r"New instruction for")))
         app.keys("Enter")
