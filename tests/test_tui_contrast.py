@@ -21,7 +21,7 @@ from mc.tui.app import MissionControl
 from mc.tui.format import STATUS_STYLE
 from mc.tui.screens import ZoomScreen
 from tests.conftest import make_repo
-from tests.tui_helpers import SCENARIO, agent, screen_cells, settle, tui_config, until
+from tests.tui_helpers import SCENARIO, agent, screen_cells, served_monitor, settle, tui_config, until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -141,18 +141,11 @@ async def test_every_badge_is_readable_on_every_row(cfg: Any, size: tuple[int, i
         assert not problems, str(problems)
 
 
-async def test_the_monitor_header_is_readable(cfg: Any) -> None:
-    owner = Fleet(cfg)
-    await owner.open()
-    try:
-        await owner.spawn_configured()
-        assert await owner.wait_settled(timeout=20)
-        app = MissionControl(Fleet(cfg), clock=lambda: 0.0)
-        async with app.run_test(size=(120, 40)) as pilot:
-            await until(pilot, lambda: app.opened and app.monitor, what="the monitor")
-            await pilot.pause(0.4)
-            problems = Unreadable()
-            problems.check(app, "monitor")
-            assert not problems, str(problems)
-    finally:
-        await owner.close()
+async def test_the_monitor_header_is_readable(tmp_path: Path, scripted: Any) -> None:
+    app = await served_monitor(make_repo(tmp_path / "served"), scripted(SCENARIO), ["quiet"], clock=lambda: 0.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.opened and app.monitor and bool(app.fleet.agents), what="the monitor")
+        await pilot.pause(0.4)
+        problems = Unreadable()
+        problems.check(app, "monitor")
+        assert not problems, str(problems)

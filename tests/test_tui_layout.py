@@ -18,7 +18,7 @@ from mc.tui.app import MissionControl
 from mc.tui.format import STATUS_STYLE
 from mc.tui.screens import MergeScreen, ZoomScreen
 from tests.conftest import make_repo
-from tests.tui_helpers import SCENARIO, agent, screen_text, settle, tui_config, until
+from tests.tui_helpers import SCENARIO, agent, screen_text, served_monitor, settle, tui_config, until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -105,22 +105,14 @@ async def test_the_merge_dialog_keeps_the_counts_together(repo: Path, server: An
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
 async def test_the_monitor_header_fits(repo: Path, server: Any, size: tuple[int, int]) -> None:
-    cfg = tui_config(repo, server, [agent("quiet")])
-    owner = Fleet(cfg)
-    await owner.open()
-    try:
-        await owner.spawn_configured()
-        assert await owner.wait_settled(timeout=15)
-        app = MissionControl(Fleet(cfg))
-        async with app.run_test(size=size) as pilot:
-            await until(pilot, lambda: app.opened and app.monitor, what="the monitor")
-            await pilot.pause(0.3)
-            top = screen_text(app)[0]
-            assert "MONITOR" in top and "read-only" in top and not top.endswith("…"), top
-            if size[0] >= 160:
-                assert "decisions are taken in the window of process" in top, top
-    finally:
-        await owner.close()
+    app = await served_monitor(repo, server, ["quiet"])
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: app.opened and app.monitor and bool(app.fleet.agents), what="the monitor")
+        await pilot.pause(0.3)
+        top = screen_text(app)[0]
+        assert "MONITOR" in top and "read-only" in top and not top.endswith("…"), top
+        if size[0] >= 160:
+            assert "decisions are taken in any window opened without --monitor" in top, top
 
 
 @pytest.mark.parametrize(

@@ -162,3 +162,41 @@ def burst(app: Any, keys: list[str]) -> None:
         event = events.Key(key, char)
         event.set_sender(app)
         app._driver.send_message(event)
+
+
+async def served_monitor(repo: Path, server: Any, names: list[str], **app_args: Any) -> Any:
+    """A read-only window on a real fleet server of `repo` (started here) whose agents `names` (scripted models of
+    the same names, never asking) have settled: what `missionctl --monitor` opens."""
+    import subprocess
+    import sys
+
+    from mc.client import FleetClient, RemoteFleet, ensure_server
+    from mc.config import load_config
+    from mc.tui.app import MissionControl
+    from tests.test_server import write_config
+
+    write_config(repo, server)
+    config = repo / "missionctl.toml"
+    sock = await ensure_server(repo / ".mc", ["--config", str(config)])
+    MISSIONCTL, NEVER = [sys.executable, "-m", "mc"], ["--policy", "never", "--config"]
+    for name in names:
+        done = subprocess.run(
+            [*MISSIONCTL, "spawn", "--name", name, "--task", f"Task of {name}.", "--model", name, *NEVER, str(config)],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    client = FleetClient(sock, reconnect=False)
+    await client.connect(follow=False)
+    try:
+        deadline = time.monotonic() + 30
+        while not all(a.status in ("idle", "failed") for a in client.agents.values()):
+            assert time.monotonic() < deadline, "the served agents did not settle"
+            await asyncio.sleep(0.1)
+            await client.connect(follow=False)
+    finally:
+        await client.close()
+    return MissionControl(RemoteFleet(load_config(config), sock, readonly=True), monitor=True, **app_args)
