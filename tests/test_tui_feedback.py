@@ -12,7 +12,7 @@ from mc.fleet import Fleet
 from mc.tui.app import MissionControl
 from mc.tui.screens import FleetScreen, MergeScreen, ZoomScreen
 from tests.conftest import git, make_repo
-from tests.tui_helpers import SCENARIO, agent, settle, tui_config, until
+from tests.tui_helpers import SCENARIO, agent, served_monitor, settle, tui_config, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,27 +67,21 @@ async def test_after_a_merge_the_zoom_lists_the_files_as_merged(repo: Path, serv
 
 
 async def test_a_decision_key_in_a_monitor_says_where_decisions_are_taken(repo: Path, server: Any) -> None:
-    cfg = tui_config(repo, server, [agent("runner")])
-    owner = Fleet(cfg)
-    await owner.open()
-    try:
-        await owner.spawn_configured()
-        assert await owner.wait_settled(timeout=15)
-        app = MissionControl(Fleet(cfg))
-        async with app.run_test(size=(80, 24)) as pilot:
-            await until(pilot, lambda: app.opened and app.monitor, what="the monitor")
-            await pilot.pause(0.4)
-            screen = app.fleet_screen()
-            assert screen is not None and screen.panes["runner"].has_class("selected")  # nothing happens, yet
-            for key in ("a", "d", "n", "m"):
-                await pilot.press(key)
-            await pilot.pause(0.2)
-            told = [n for n in notes(app) if "decisions are taken in the window of process" in n]
-            assert len(told) == 4, notes(app)
-            assert isinstance(app.screen, FleetScreen)
-            assert owner.agents["runner"].pending
-    finally:
-        await owner.close()
+    app = await served_monitor(repo, server, ["quiet"])
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.opened and app.monitor and bool(app.fleet.agents), what="the monitor")
+        screen = app.fleet_screen()
+        assert screen is not None
+        # the first agent is selected from the start, in a monitor too
+        await until(pilot, lambda: "quiet" in screen.panes and screen.panes["quiet"].has_class("selected"))
+        before = app.fleet.get("quiet").version
+        for key in ("a", "d", "n", "m"):
+            await pilot.press(key)
+        await pilot.pause(0.2)
+        told = [n for n in notes(app) if "decisions are taken in any window opened without --monitor" in n]
+        assert len(told) == 4, notes(app)
+        assert isinstance(app.screen, FleetScreen)
+        assert app.fleet.get("quiet").version == before and len(app.fleet.agents) == 1
 
 
 async def test_the_palette_has_one_keys_entry(repo: Path, server: Any) -> None:

@@ -110,6 +110,8 @@ class MissionControl(App[int]):
         self.demo = demo
         self._clock = clock
         self.selected: str | None = None
+        self._zoom: ZoomScreen | None = None
+        """The one zoom screen, kept (installed) once opened: entering it again composes nothing."""
         self.bells = 0
         """How many times the bell rang (an agent started needing a decision)."""
         self.opened = False
@@ -150,7 +152,7 @@ class MissionControl(App[int]):
         on_connection = getattr(self.fleet, "on_connection", None)
         if on_connection is not None:  # a fleet server: say when it goes away and when it is back
             on_connection(lambda up: self.call_later(self._server_connection, up))
-        agents = self.agents()
+        agents = self.fleet.list()
         waiting = self.fleet.next_needing_decision()
         self.selected = waiting.id if waiting else (agents[0].id if agents else None)
         self.opened = True
@@ -324,8 +326,21 @@ class MissionControl(App[int]):
             screen.sync(set())
 
     def zoom(self, agent_id: str) -> None:
+        """Open the zoom on `agent_id`. One ZoomScreen lives as long as the app: entering it again mounts and
+        styles nothing, and its log takes only the lines added since it last showed that agent."""
         self.selected = agent_id
-        self.push_screen(ZoomScreen(agent_id))
+        screen = self._zoom
+        if screen is None:
+            self._zoom = screen = ZoomScreen(agent_id)
+            self.install_screen(screen, name="zoom")
+        elif screen in self.screen_stack:  # under another view (the compare view, say): back down to it
+            while self.screen is not screen:
+                self.pop_screen()
+            screen.show_agent(agent_id)
+            return
+        else:
+            screen.reopen(agent_id)
+        self.push_screen("zoom")
 
     # -- events and the drain --------------------------------------------------------------------
     def _on_event(self, event: ev.Event) -> None:

@@ -495,6 +495,20 @@ class ZoomScreen(ReviewKeys, Screen):
         self.query_one("#split").set_class(self.size.width < 120, "stacked")
         self.sync()
 
+    def reopen(self, agent_id: str) -> None:
+        """Shown again (the app keeps one zoom): on `agent_id`, as a fresh zoom would open — the log followed
+        and focused, the diff in place of the checks."""
+        self.agent_id = agent_id
+        if not self.is_mounted:
+            return  # its first mount shows the agent
+        split = self.query_one("#split")
+        split.remove_class("checking")
+        split.set_class(self.app.size.width < 120, "stacked")
+        if not self.log_view.follow:
+            self.log_view.action_follow()
+        self.set_focus(self.log_view)
+        self.show_agent(agent_id)
+
     def show_agent(self, agent_id: str) -> None:
         self.agent_id = agent_id
         self._diff = False
