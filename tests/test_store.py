@@ -61,7 +61,7 @@ def test_second_owner_is_refused_and_dead_owner_is_taken_over(tmp_path: Path) ->
         store = Store(root)
         with pytest.raises(FleetLocked) as info:
             store.acquire()
-        assert str(holder.pid) in str(info.value) and "--monitor" in str(info.value)
+        assert str(holder.pid) in str(info.value) and "attaches to the fleet's server" in str(info.value)
         assert store.is_owned_elsewhere()
     finally:
         holder.kill()  # SIGKILL: the lock file stays, its flock goes with the process
