@@ -63,6 +63,17 @@ def line_text(agent: str) -> str:
     return f"{agent}-{{n}}-{PAD}"
 
 
+def lines_on_disk(state: Path, names: list[str], lines: int) -> tuple[int, int]:
+    """(lines lost, lines duplicated) of every agent's stream of `lines` lines, counted in its events.jsonl."""
+    lost = extra = 0
+    for n in names:
+        got = re.findall(rf"^{n}-(\d+)-{PAD}$", streamed_text(read_events(state, n)), re.M)
+        seen = {int(x) for x in got}
+        lost += lines - len(seen & set(range(1, lines + 1)))
+        extra += len(got) - len(seen)
+    return lost, extra
+
+
 def title(agent: str) -> str:
     return rf"[╭┏][─━] (\d )?{agent} [─━]"
 
@@ -187,13 +198,7 @@ def main() -> None:
         # Wait for every stream to end, then count the lines on disk.
         done = wait_until(lambda: re.search(rf"idle {args.agents}\b", app.screen()) is not None, args.seconds * 4)
         total_s = time.perf_counter() - t_started
-        lost, extra = 0, 0
-        for n in names:
-            text = streamed_text(read_events(state, n))
-            got = re.findall(rf"^{n}-(\d+)-{PAD}$", text, re.M)
-            seen = {int(x) for x in got}
-            lost += lines - len(seen & set(range(1, lines + 1)))
-            extra += len(got) - len(seen)
+        lost, extra = lines_on_disk(state, names, lines)
         print(
             f"all streams ended: {done} ({total_s:.0f} s after the fleet started; achieved ≈ "
             f"{args.agents * lines / total_s:.0f} lines/s in all)"

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -30,14 +29,12 @@ from harness import (
     build_repo,
     machine,
     percentiles,
-    read_events,
     remove,
-    streamed_text,
     temp_dir,
     wait_until,
     write_config,
 )
-from stream import PAD, fleet_server_pid, line_text
+from stream import fleet_server_pid, line_text, lines_on_disk
 
 
 class Window(Tmux):
@@ -111,12 +108,7 @@ def main() -> None:
         print(f"windows that showed no frame: {hung}; the same fleet server throughout: {same_server}")
         done = wait_until(lambda: all(r.get("status") == "idle" for r in ls(cfg)), seconds * 3, poll=1.0)
         statuses = sorted({r.get("status", "?") for r in ls(cfg)})
-        lost = extra = 0
-        for n in names:
-            text = streamed_text(read_events(state, n))
-            got = [int(x) for x in re.findall(rf"^{n}-(\d+)-{PAD}$", text, re.M)]
-            lost += lines - len(set(got) & set(range(1, lines + 1)))
-            extra += len(got) - len(set(got))
+        lost, extra = lines_on_disk(state, names, lines)
         print(f"every agent idle after its stream: {done} (statuses: {', '.join(statuses)})")
         print(f"lines lost on disk: {lost} of {args.agents * lines} (duplicated: {extra})")
     finally:

@@ -304,6 +304,11 @@ class Flag:
     line: int = 0
     message: str = ""
 
+    @property
+    def where(self) -> str:
+        """`path:line`, or the path alone for a flag about the whole file."""
+        return f"{self.path}:{self.line}" if self.line else self.path
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Flag:
         """A flag from its logged dict; fields this version does not know are dropped."""

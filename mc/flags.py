@@ -911,8 +911,7 @@ def _within(named: Sequence[str]):  # type: ignore[no-untyped-def]
 # -- for views -------------------------------------------------------------------------------------------------------
 def describe(flag: Flag) -> str:
     """One line for a reviewer: `high  app/config.py:3  an AWS access key id (secret.aws-key)`."""
-    where = f"{flag.path}:{flag.line}" if flag.line else flag.path
-    return f"{flag.severity}  {where}  {flag.message} ({flag.rule})"
+    return f"{flag.severity}  {flag.where}  {flag.message} ({flag.rule})"
 
 
 def diff_line(text: str, flag: Flag) -> int | None:

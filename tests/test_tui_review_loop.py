@@ -18,9 +18,10 @@ from mc.agent import Agent
 from mc.client import RemoteFleet, ensure_server
 from mc.config import ChecksConfig, PriceConfig, load_config
 from mc.events import Flag
+from mc.flags import diff_line
 from mc.fleet import Fleet
 from mc.tui.app import MissionControl, flags_question
-from mc.tui.format import check_badge, diff_line_index, flags_badge, money, short_number
+from mc.tui.format import check_badge, flags_badge, money, short_number
 from mc.tui.screens import ConfirmScreen, MergeScreen, ZoomScreen
 from tests.conftest import make_repo
 from tests.test_checks import APP, BROKEN_TEXT, FIXED_TEXT, PYTEST, write_turn
@@ -175,7 +176,6 @@ async def test_the_summary_totals_tokens_and_cost_where_a_price_is_known(tmp_pat
         assert f"Σ {short_number(quiet.tokens)} tok {price}" in text, text
         assert text.count(f"tok {price}") == 2, text  # the pane's header has the agent's own cost
     # without a price nothing is shown, never a guess
-    cfg.prices = {}
     assert money(None) == ""
 
 
@@ -198,21 +198,25 @@ def test_badges_and_flag_lines_read_as_the_issue_says() -> None:
     assert flags_badge(a).plain == "⚑ 1 flag" and flags_badge(a, short=True).plain == "⚑1"
     question = flags_question("a", (*a.flags, Flag(rule="ci", severity="medium", path=".gitlab-ci.yml")))
     assert question == "a's diff has 2 risk flags: secrets.aws (k.py:3), ci (.gitlab-ci.yml). Merge it anyway?"
-    diff = [
-        "diff --git a/k.py b/k.py",
-        "--- a/k.py",
-        "+++ b/k.py",
-        "@@ -1,2 +1,3 @@",
-        " one",
-        "-two",
-        "+2",
-        "+three",
-        "diff --git a/z b/z",
-    ]
-    assert diff_line_index(diff, "k.py", 2) == 5  # where the removed line was, then its replacement
-    assert diff_line_index(diff, "k.py", 3) == 7
-    assert diff_line_index(diff, "k.py", 0) == 0
-    assert diff_line_index(diff, "nope.py", 1) is None
+    diff = "\n".join(
+        [
+            "diff --git a/k.py b/k.py",
+            "--- a/k.py",
+            "+++ b/k.py",
+            "@@ -1,2 +1,3 @@",
+            " one",
+            "-two",
+            "+2",
+            "+three",
+            "diff --git a/z b/z",
+        ]
+    )
+    assert (
+        diff_line(diff, Flag(rule="r", severity="low", path="k.py", line=2)) == 5
+    )  # where the removed line was, then its replacement
+    assert diff_line(diff, Flag(rule="r", severity="low", path="k.py", line=3)) == 7
+    assert diff_line(diff, Flag(rule="r", severity="low", path="k.py")) == 0
+    assert diff_line(diff, Flag(rule="r", severity="low", path="nope.py", line=1)) is None
 
 
 async def test_the_checks_view_reads_the_output_through_the_server(tmp_path: Path, scripted: Any) -> None:

@@ -809,7 +809,7 @@ PALETTE = [
 
 def flags_question(name: str, flags: Sequence[ev.Flag], shown: int = 6) -> str:
     """The merge's one more question when the diff is flagged: every flag named (the first `shown`)."""
-    named = [f"{f.rule} ({f.path}:{f.line})" if f.line else f"{f.rule} ({f.path})" for f in flags[:shown]]
+    named = [f"{f.rule} ({f.where})" for f in flags[:shown]]
     more = f" and {len(flags) - shown} more" if len(flags) > shown else ""
     n = len(flags)
     return f"{name}'s diff has {n} risk flag{'s' if n != 1 else ''}: {', '.join(named)}{more}. Merge it anyway?"

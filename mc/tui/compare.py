@@ -158,9 +158,8 @@ def detail_text(agent: Agent | None) -> Text:
             t.append(f" -{f.removed}", style=REMOVED)
         t.append("\n")
     for flag in agent.flags:
-        where = f"{flag.path}:{flag.line}" if flag.line else flag.path
         t.append(f"⚑ {flag.severity} ", style=FLAG_STYLE.get(flag.severity, MUTED))
-        t.append(f"{clean(where)} ", style="bold")
+        t.append(f"{clean(flag.where)} ", style="bold")
         t.append(clean(flag.message) + "\n")
     if agent.check.failing:
         t.append("failing: " + clean(", ".join(agent.check.failing[:5])) + "\n", style=REMOVED)

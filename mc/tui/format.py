@@ -152,36 +152,6 @@ def diff_style(line: str) -> str:
     return ""
 
 
-_HUNK = re.compile(r"^@@ -\d+(?:,\d+)? \+(\d+)(?:,\d+)? @@")
-
-
-def diff_line_index(lines: Sequence[str], path: str, line: int) -> int | None:
-    """The index in a unified diff's `lines` that shows `path` at line `line` of its new side (a removal: where
-    the lines were), or the file's header for line 0; None when the diff does not show that file."""
-    start: int | None = None
-    new: int | None = None  # the new side's line number of the next line, inside a hunk
-    for i, text in enumerate(lines):
-        if text.startswith("diff --git "):
-            if start is not None:
-                break  # past the file: the line is not in a hunk shown
-            if text.endswith(f" b/{path}"):
-                start = i
-            continue
-        if start is None:
-            if text == f"+++ b/{path}":
-                start = i
-            continue
-        m = _HUNK.match(text)
-        if m:
-            new = int(m.group(1))
-        elif line > 0 and new is not None and text[:1] in ("+", " ", "-"):
-            if new >= line:
-                return i
-            if text[:1] != "-":
-                new += 1
-    return start
-
-
 def diff_lines(text: str) -> list[tuple[str, str]]:
     """A unified diff as (style, line) pairs."""
     return [(diff_style(line), line) for line in text.splitlines()]

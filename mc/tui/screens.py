@@ -22,6 +22,7 @@ from mc import cost
 from mc import events as ev
 from mc.agent import Agent
 from mc.config import APPROVE_POLICIES, RUNNERS, AgentConfig, copies_problem
+from mc.flags import diff_line
 from mc.tui.format import (
     ADDED,
     CYAN,
@@ -33,7 +34,6 @@ from mc.tui.format import (
     YELLOW,
     check_badge,
     clean,
-    diff_line_index,
     diff_lines,
     first_fitting,
     header_text,
@@ -681,12 +681,11 @@ class ZoomScreen(ReviewKeys, Screen):
             self.action_checks_view()  # back to the diff, where the flag is
         self._flag = (self._flag + direction) % len(flags) if self._flag >= 0 or direction > 0 else len(flags) - 1
         flag = flags[self._flag]
-        where = f"{flag.path}:{flag.line}" if flag.line else flag.path
         sub = Text(f"⚑ {self._flag + 1}/{len(flags)} ", style=FLAG_STYLE.get(flag.severity, "bold"))
-        sub.append(f"{flag.rule} {where}: {clean(flag.message)}")
+        sub.append(f"{flag.rule} {flag.where}: {clean(flag.message)}")
         self.diff_view.border_subtitle = sub.markup
         diff = None if isinstance(self._diff, bool) else self._diff
-        index = diff_line_index(diff.text.splitlines(), flag.path, flag.line) if diff is not None else None
+        index = diff_line(diff.text, flag) if diff is not None else None
         if index is not None:
             self.diff_view.scroll_to(y=self.diff_view.row_of(index), animate=False, immediate=True)
         self.set_focus(self.diff_view)
@@ -1029,9 +1028,8 @@ def merge_evidence(agent: Agent, shown: int = 5) -> Text:
     n = len(agent.flags)
     t.append(f"\n{n} risk flag{'s' if n != 1 else ''} (a merge asks once more):", style="bold")
     for flag in agent.flags[:shown]:
-        where = f"{flag.path}:{flag.line}" if flag.line else flag.path
         t.append("\n ⚑ ", style=FLAG_STYLE.get(flag.severity, "bold"))
-        t.append(f"{flag.severity:<6} {flag.rule}  {clean(where)}  {clean(flag.message)}")
+        t.append(f"{flag.severity:<6} {flag.rule}  {clean(flag.where)}  {clean(flag.message)}")
     if n > shown:
         t.append(f"\n   and {n - shown} more (] in the zoom jumps to each)", style=MUTED)
     return t
