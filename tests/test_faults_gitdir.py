@@ -195,22 +195,55 @@ async def test_planted_config_runs_nothing_and_mission_control_still_works(
     if where == "repository config":
         # Restoring creates a branch in the main repository, whose own config (the user's hooks) applies.
         ops = [op for op in ops if op[0] != "restore snapshot"]
+    # a call that asks for a password, while the worktree is still there: neither the planted helper nor
+    # askpass is asked, so git finds no way to get one
+    ops.insert(-1, ("credential fill", lambda: credential_fill(path)))
     results, failed = await run_all(ops)
-    # a call that asks for a password: the planted helper and askpass are not asked either
-    try:
-        run_git(["credential", "fill"], path, input=b"protocol=https\nhost=example.invalid\n\n")
-    except GitError:
-        pass
     ran = programs.ran()
-    print(f"{where}: {len(keys)} keys and {len(HOOKS)} hooks planted, {len(ops) + 1} git operations: ran {ran}")
-    assert len(keys) == 13 and len(ops) == (10 if where == "repository config" else 11)
+    print(f"{where}: {len(keys)} keys and {len(HOOKS)} hooks planted, {len(ops)} git operations: ran {ran}")
+    assert len(keys) == 13 and len(ops) == (11 if where == "repository config" else 12)
     assert ran == [], f"planted programs ran: {ran}"
     assert failed == {}
+    assert "terminal prompts disabled" in results["credential fill"], results["credential fill"]
     assert results["watcher check-ignore"] == {"notes.txt"}
     # the work is committed as the bytes on disk (no filter touched it)
     assert plain_git(repo.root, "show", "mc/planter:notes.txt") == "one\nthree\n" and not path.exists()
     if "restore snapshot" in results:
         assert (path.parent / "back" / "data.dat").read_text() == "payload\n"
+
+
+def credential_fill(path: Path) -> str:
+    """Ask mission control's git for a password in `path`: the error it ends with (it must find none)."""
+    try:
+        run_git(["credential", "fill"], path, input=b"protocol=https\nhost=example.invalid\n\n")
+    except GitError as exc:
+        return str(exc)
+    raise AssertionError("a credential was found: a helper ran")
+
+
+def test_a_filter_defined_later_in_an_included_file_is_switched_off_too(tmp_path: Path) -> None:
+    """Unsandboxed, the agent adds `include.path` of a file in its worktree to the repository's config, lets
+    mission control read the config once, and only then defines a filter in the included file: mission
+    control's next calls still switch it off (the filter list is read again when an included file changes)."""
+    repo = Repo(make_repo(tmp_path / "repo"))
+    path = agent_worktree(repo, "includer")
+    programs = Programs(tmp_path / "programs")
+    included = path / "inc.cfg"
+    included.write_text("")
+    plain_git(path, "config", "--file", str(repo.git_common_dir / "config"), "include.path", str(included))
+    nested = path / "nested.cfg"
+    nested.write_text("")
+    base = repo.resolve("main")
+    assert "notes.txt" in {f.path for f in compute_diff(path, base).files}  # read once: no filter defined
+    included.write_text(f'[include]\n\tpath = nested.cfg\n[filter "evil"]\n\tclean = {programs.make("clean")}\n')
+    (path / "notes.txt").write_text("one\ntwo\nthree\n")
+    compute_diff(path, base)
+    nested.write_text(f'[filter "evilp"]\n\tprocess = {programs.make("process")}\n\trequired = true\n')
+    (path / "data.dat").write_text("changed\n")
+    compute_diff(path, base)
+    repo.commit_all(path, "the agent's work")
+    assert programs.ran() == []
+    assert plain_git(repo.root, "show", "mc/includer:data.dat") == "changed\n"
 
 
 def evil_repo(programs: Programs, at: Path) -> Path:

@@ -78,7 +78,8 @@ _GUARD = threading.Lock()
 _TRUSTED: dict[str, str] = {}  # real common git dir → real main working tree
 _ROOTS: set[str] = set()  # main working trees of trusted repositories: the user's config applies there
 _ADMIN: dict[str, str] = {}  # real agent worktree → real git dir (<common>/worktrees/<id>), found before
-_FILTERS: dict[tuple[object, ...], tuple[str, ...]] = {}  # (git dir, config files' stats, env) → filter names
+#: (git dir, config env) → (config files read, their stats, filter names)
+_FILTERS: dict[tuple[object, ...], tuple[tuple[str, ...], tuple[object, ...], tuple[str, ...]]] = {}
 
 
 class GitError(Exception):
@@ -209,9 +210,42 @@ def _check_common_dir(admin: str) -> None:
     )
 
 
+def _stats(files: Sequence[str]) -> tuple[object, ...]:
+    """What tells whether any of `files` changed: each one's mtime, size and inode (or that it is missing)."""
+    stats: list[object] = []
+    for name in files:
+        try:
+            st = os.stat(name) if name else None
+        except OSError:
+            st = None
+        stats.append((name, st.st_mtime_ns, st.st_size, st.st_ino) if st else (name,))
+    return tuple(stats)
+
+
+def _included(entries: list[str], cwd: Path, env: Mapping[str, str]) -> list[str]:
+    """The files that `include.path` and `includeIf.<condition>.path` entries of `git config -z --show-origin
+    --get-regexp` output name, resolved as git resolves them (relative to the file that includes them)."""
+    files: list[str] = []
+    for origin, entry in zip(entries[0::2], entries[1::2], strict=False):
+        name, _, value = entry.partition("\n")
+        if not (name.startswith(("include.", "includeif.")) and name.endswith(".path")) or not value:
+            continue
+        if value.startswith("~/"):
+            value = os.path.join(env.get("HOME", ""), value[2:])
+        elif not os.path.isabs(value):
+            if not origin.startswith("file:"):
+                continue  # relative to no file: git ignores it
+            value = os.path.join(os.path.dirname(os.path.join(cwd, origin[len("file:") :])), value)
+        files.append(value)
+    return files
+
+
 def _filter_drivers(options: list[str], cwd: Path, env: Mapping[str, str], admin: str | None) -> tuple[str, ...]:
-    """The names of every filter driver the config of this call defines (whichever file defines it)."""
+    """The names of every filter driver the config of this call defines (whichever file defines it, included
+    files too). Cached per agent git dir while none of the config files it read, nor any file they include,
+    changed."""
     key: tuple[object, ...] | None = None
+    files: list[str] = []
     if admin is not None:
         common = os.path.dirname(os.path.dirname(admin))
         files = [os.path.join(common, "config"), os.path.join(admin, "config.worktree")]
@@ -219,21 +253,14 @@ def _filter_drivers(options: list[str], cwd: Path, env: Mapping[str, str], admin
         xdg = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
         files += [env.get("GIT_CONFIG_GLOBAL", ""), os.path.join(home, ".gitconfig"), os.path.join(xdg, "git/config")]
         files += [env.get("GIT_CONFIG_SYSTEM", ""), "/etc/gitconfig"]
-        stats = []
-        for name in files:
-            try:
-                st = os.stat(name) if name else None
-            except OSError:
-                st = None
-            stats.append((name, st.st_mtime_ns, st.st_size, st.st_ino) if st else (name,))
         config_env = tuple((k, v) for k, v in sorted(env.items()) if k in _CONFIG_VARS or k.startswith("GIT_CONFIG_"))
-        key = (admin, tuple(stats), config_env)
+        key = (admin, config_env)
         cached = _FILTERS.get(key)
-        if cached is not None:
-            return cached
+        if cached is not None and _stats(cached[0]) == cached[1]:
+            return cached[2]
     try:
         proc = subprocess.run(
-            ["git", *options, "config", "-z", "--name-only", "--get-regexp", r"^filter\."],
+            ["git", *options, "config", "-z", "--show-origin", "--get-regexp", r"^(filter|include|includeif)\."],
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -245,19 +272,21 @@ def _filter_drivers(options: list[str], cwd: Path, env: Mapping[str, str], admin
     if proc.returncode not in (0, 1):  # 1: no filter defined
         message = _first_line(proc.stderr.decode("utf-8", "replace"))
         raise GitError(f"cannot read the git config in {cwd}: {message}")
+    entries = proc.stdout.decode("utf-8", "surrogateescape").split("\0")[:-1]
     names = sorted(
         {
-            n[len("filter.") :].rpartition(".")[0]
-            for n in proc.stdout.decode("utf-8", "surrogateescape").split("\0")
-            if n
+            name[len("filter.") :].rpartition(".")[0]
+            for name in (entry.partition("\n")[0] for entry in entries[1::2])
+            if name.startswith("filter.")
         }
     )
     drivers = tuple(n for n in names if n)
     if key is not None:
+        files += _included(entries, cwd, env)
         with _GUARD:
             if len(_FILTERS) > 256:
                 _FILTERS.clear()
-            _FILTERS[key] = drivers
+            _FILTERS[key] = (tuple(files), _stats(files), drivers)
     return drivers
 
 
