@@ -34,7 +34,7 @@ import termios
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -767,12 +767,14 @@ async def start(
     tag: str,
     stdin: bool = False,
     stderr: Literal["merge", "separate"] = "merge",
+    pass_fds: Sequence[int] = (),
 ) -> Proc:
     """Start `argv` (a string runs via /bin/sh -c) in its own session with MC_PROC_TAG=tag and PYTHONUNBUFFERED=1.
 
     `env` is the whole environment of the child (build it with mc.tools.safe_env or from os.environ).
     With pty=True the child's stdin, stdout and stderr are a pseudo-terminal (so it line-buffers and
     may colour); otherwise stdin is /dev/null unless stdin=True (then use Proc.write / close_stdin).
+    `pass_fds` are kept open in the child (the caller still owns and closes them).
     """
     _check_tag(tag)
     args = ["/bin/sh", "-c", argv] if isinstance(argv, str) else list(argv)
@@ -810,7 +812,13 @@ async def start(
         try:
             with _SPAWN_LOCK:
                 popen = subprocess.Popen(
-                    args, cwd=str(cwd), env=full_env, start_new_session=True, close_fds=True, **std
+                    args,
+                    cwd=str(cwd),
+                    env=full_env,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=tuple(pass_fds),
+                    **std,
                 )
                 _STARTING.add(popen.pid)
         except OSError as exc:

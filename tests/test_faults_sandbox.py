@@ -6,12 +6,14 @@ both when run unconfined; without bubblewrap on PATH the agent says so instead o
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,38 +179,51 @@ NAMESPACES = ("pid", "ipc", "uts", "net", "mnt")
 
 
 class Host:
-    """What a desktop has around the sandbox: another process of the user (with a key in its environment), a
-    Unix socket (D-Bus, docker.sock), a System V shared memory segment, a private file in a host folder."""
+    """What a desktop has around the sandbox: another process of the user (with a key in its environment), Unix
+    sockets (D-Bus, docker.sock; a git fsmonitor daemon's in the git dir, one in a folder of a program on PATH,
+    both folders the sandbox shows read-only), a System V shared memory segment, a private file in a host
+    folder and one in the host's /tmp."""
 
-    def __init__(self, outside: Path) -> None:
+    def __init__(self, outside: Path, git_dir: Path, program_folder: Path) -> None:
         self.key_name = "MC_FAKE_KEY_" + os.urandom(4).hex().upper()
         self.key = "sk-fake-" + os.urandom(20).hex()
         env = {**os.environ, self.key_name: self.key}
         code = "import sys, time; time.sleep(300)"
         self.process = subprocess.Popen([sys.executable, "-c", code, MARKER], env=env)
-        self.socket_path = outside / "s.sock"
-        self.unix = socket.socket(socket.AF_UNIX)
-        self.unix.bind(str(self.socket_path))
-        self.unix.listen(4)
-        self.unix.settimeout(0.1)
-        self.accepted = 0
+        self.sockets = {
+            "hidden": outside / "s.sock",
+            "gitdir": git_dir / "fsmonitor--daemon.ipc",
+            "program": program_folder / "agent.sock",
+        }
+        self.accepted: dict[str, int] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        self._listeners = []
+        for name, path in self.sockets.items():
+            unix = socket.socket(socket.AF_UNIX)
+            unix.bind(str(path))
+            unix.listen(4)
+            unix.settimeout(0.1)
+            thread = threading.Thread(target=self._accept, args=(name, unix), daemon=True)
+            thread.start()
+            self._listeners.append((unix, thread))
         (outside / "private.txt").write_text("host private text\n")
         self.private = outside / "private.txt"
+        tag = os.urandom(4).hex()
+        self.host_tmp = Path(f"/tmp/mc-host-{tag}.txt")
+        self.host_tmp.write_text("host tmp text\n")
+        self.inside_tmp = Path(f"/tmp/mc-inside-{tag}.txt")  # what a command writes to its /tmp
         self.shmid = ""
         if shutil.which("ipcmk"):
             made = subprocess.run(["ipcmk", "-M", "4096"], capture_output=True, text=True, check=True).stdout
             self.shmid = made.split(":")[-1].strip()
 
-    def _accept(self) -> None:
+    def _accept(self, name: str, unix: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                conn, _ = self.unix.accept()
+                conn, _ = unix.accept()
             except (TimeoutError, OSError):
                 continue
-            self.accepted += 1
+            self.accepted[name] = self.accepted.get(name, 0) + 1
             conn.close()
 
     def stopped(self) -> bool:
@@ -220,22 +235,39 @@ class Host:
         self.process.kill()
         self.process.wait()
         self._stop.set()
-        self._thread.join(5)
-        self.unix.close()
+        for unix, thread in self._listeners:
+            thread.join(5)
+            unix.close()
+        for path in self.sockets.values():
+            path.unlink(missing_ok=True)
+        self.host_tmp.unlink(missing_ok=True)
+        self.inside_tmp.unlink(missing_ok=True)
         if self.shmid:
             subprocess.run(["ipcrm", "-m", self.shmid], capture_output=True)
 
 
 @pytest.fixture
-def host(outside: Path) -> Iterator[Host]:
-    handle = Host(outside)
+def host(outside: Path, repo: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
+    programs = outside / "tools"
+    (programs / "bin").mkdir(parents=True)  # on PATH: the sandbox shows its parent, read-only
+    monkeypatch.setenv("PATH", f"{programs / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    handle = Host(outside, repo / ".git", programs)
     yield handle
     handle.close()
 
 
 def isolation_probes(host: Host) -> dict[str, str]:
     """Shell commands of an agent that reach for the host around the sandbox, by what each tries."""
-    connect = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(host.socket_path)!r}); print('unix-connected')"
+    sockets = {name: str(path) for name, path in host.sockets.items()}
+    connect = (
+        f"import socket\nfor name, path in {sockets!r}.items():\n"
+        "    try:\n        s = socket.socket(socket.AF_UNIX); s.connect(path); print('unix-connected', name)\n"
+        "    except OSError as exc:\n        print(name, exc)\n"
+    )
+    uring = (  # io_uring_setup(1, NULL): EFAULT where io_uring exists, ENOSYS where it is refused
+        "import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+        "print('io_uring errno', -libc.syscall(425, 1, None) * ctypes.get_errno())"
+    )
     return {
         "see host processes": "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null; "
         "echo visible: $(ls -d /proc/[0-9]* | wc -l)",
@@ -246,7 +278,9 @@ def isolation_probes(host: Host) -> dict[str, str]:
         "p=$(awk '/^PPid/{print $2}' /proc/$p/status); done; true",
         "read a key from another process": "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep MC_FAKE_KEY_; "
         "tr '\\0' '\\n' < /proc/$PPID/environ | grep MC_FAKE_KEY_; true",
-        "connect to a host Unix socket": f'{sys.executable} -c "{connect}"',
+        "connect to a host Unix socket": f"{sys.executable} -c {shlex.quote(connect)}",
+        "reach around seccomp with io_uring": f'{sys.executable} -c "{uring}"',
+        "share the host's /tmp": f"cat {host.host_tmp}; echo inside > {host.inside_tmp}; true",
         "see host shared memory": f"ipcs -m -i {host.shmid or 0}; true",
         "read a host file": f"cat {host.private}; true",
         "write the git dir or .git": 'echo "[core]" >> "$(git rev-parse --git-common-dir)/config" && echo wrote-git-dir; '
@@ -262,7 +296,11 @@ async def test_bwrap_isolates_processes_ipc_sockets_and_host_files(
 ) -> None:
     needs_bwrap()
     probes = isolation_probes(host)
-    work = f"{sys.executable} -c \"print('python runs')\" && git status --short && echo tmp > /tmp/t && cat /tmp/t"
+    pair = "import socket; a, b = socket.socketpair(); a.send(b'pair'); print(b.recv(4).decode(), 'works')"
+    work = (
+        f'{sys.executable} -c "print(\'python runs\')" && {sys.executable} -c "{pair}" && git status --short '
+        "&& echo tmp > /tmp/t && cat /tmp/t"
+    )
     turns = [*(shell_turn(c) for c in probes.values()), shell_turn(work), {"say": "Done."}]
     server = scripted({"agents": [{"name": "box", "turns": turns}]})
     cfg = fleet_config(repo, server, [AgentConfig(name="box", task="try", model="box", policy="never")])
@@ -273,7 +311,7 @@ async def test_bwrap_isolates_processes_ipc_sockets_and_host_files(
     results = [e for e in fleet.store.iter_events("box") if isinstance(e, ev.ToolResult)]
     out = dict(zip([*probes, "work"], (r.output for r in results), strict=True))
     print(f"{len(probes)} isolation attacks tried; {out['see host processes'].splitlines()[-1]} in the sandbox")
-    assert len(probes) == 9
+    assert len(probes) == 11
     assert MARKER not in out["see host processes"]
     assert "stopped-host" not in out["stop a host process"] and not host.stopped()
     assert "can-signal" not in out["signal its own missionctl"]
@@ -281,13 +319,18 @@ async def test_bwrap_isolates_processes_ipc_sockets_and_host_files(
         host.key not in out["read a key from another process"]
         and host.key_name not in out["read a key from another process"]
     )
-    assert "unix-connected" not in out["connect to a host Unix socket"] and host.accepted == 0
+    assert "unix-connected" not in out["connect to a host Unix socket"] and host.accepted == {}
+    for name in host.sockets:  # each refused by the filter, not merely missing
+        assert f"{name} [Errno 13] Permission denied" in out["connect to a host Unix socket"], out
+    assert "io_uring errno 38" in out["reach around seccomp with io_uring"], out["reach around seccomp with io_uring"]
+    assert "host tmp text" not in out["share the host's /tmp"] and not host.inside_tmp.exists()
     assert "Segment shmid" not in out["see host shared memory"]
     assert "host private text" not in out["read a host file"]
     assert "wrote-" not in out["write the git dir or .git"] and out["write the git dir or .git"].count("Read-only") == 2
     for name in NAMESPACES:
         assert f"ns-{name}={os.readlink(f'/proc/self/ns/{name}')}" not in out["share the host's namespaces"], name
-    assert "python runs" in out["work"] and out["work"].rstrip().endswith("tmp"), out["work"]
+    assert "python runs" in out["work"] and "pair works" in out["work"], out["work"]
+    assert out["work"].rstrip().endswith("tmp"), out["work"]
 
 
 async def test_unconfined_the_same_probes_reach_the_host(
@@ -299,6 +342,8 @@ async def test_unconfined_the_same_probes_reach_the_host(
         "see host processes",
         "read a key from another process",
         "connect to a host Unix socket",
+        "reach around seccomp with io_uring",
+        "share the host's /tmp",
         "read a host file",
     ]
     server = scripted(
@@ -313,7 +358,9 @@ async def test_unconfined_the_same_probes_reach_the_host(
     out = dict(zip(chosen, results, strict=True))
     assert MARKER in out["see host processes"]
     assert host.key in out["read a key from another process"]
-    assert "unix-connected" in out["connect to a host Unix socket"] and host.accepted == 1
+    assert host.accepted == dict.fromkeys(host.sockets, 1), out["connect to a host Unix socket"]
+    assert "io_uring errno 14" in out["reach around seccomp with io_uring"], out["reach around seccomp with io_uring"]
+    assert "host tmp text" in out["share the host's /tmp"] and host.inside_tmp.exists()
     assert "host private text" in out["read a host file"]
 
 
@@ -450,3 +497,69 @@ async def test_in_the_sandbox_background_and_setsid_processes_end_with_the_comma
         except OSError:
             continue
     assert left == []  # found by their command line, not by a tag the sandbox could have dropped
+
+
+DIES_WITH_PARENT = """
+import asyncio, sys
+from pathlib import Path
+from mc.config import ToolsConfig
+from mc.tools import Workspace, run_tool, safe_env
+
+async def main():
+    def shown(text):
+        if "started" in text:
+            print("ready", flush=True)
+    await run_tool(
+        "shell", {"command": "echo started; exec " + sys.argv[2]}, Workspace(Path(sys.argv[1])), on_output=shown,
+        env=safe_env([]), tools_cfg=ToolsConfig(sandbox="bwrap", shell_timeout=600), tag="dies-with-parent",
+    )
+
+asyncio.run(main())
+"""
+
+
+def test_a_sandboxed_command_dies_with_the_process_that_started_it(repo: Path) -> None:
+    """kill -9 of mission control itself (no cleanup of its own runs): bubblewrap ends what it started."""
+    needs_bwrap()
+    from mc.git import Repo
+
+    worktree = repo.parent / "wt-parent"
+    git = Repo(repo)
+    git.add_worktree(worktree, "mc/parent", git.resolve("main"))
+    nap = "sleep 1234.5678"  # an odd length: no other process on the machine has this command line
+    child = subprocess.Popen(
+        [sys.executable, "-c", DIES_WITH_PARENT, str(worktree), nap],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def running() -> list[str]:
+        found = []
+        for name in os.listdir("/proc"):
+            try:
+                if (
+                    name.isdigit()
+                    and Path(f"/proc/{name}/cmdline").read_bytes() == nap.replace(" ", "\0").encode() + b"\0"
+                ):
+                    found.append(name)
+            except OSError:
+                continue
+        return found
+
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        assert len(running()) == 1
+        child.kill()
+        child.wait()
+        deadline = time.monotonic() + 10
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert running() == []
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close() if child.stdout else None
+        for pid in running():
+            os.kill(int(pid), 9)

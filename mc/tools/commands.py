@@ -10,6 +10,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from mc.tools import seccomp
+
 #: Shell syntax that chains, pipes, substitutes or redirects: never auto-allowed by a prefix.
 _COMPOUND = re.compile(r"[;&|`<>\n\r]|\$\(")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
@@ -111,15 +113,20 @@ BWRAP_MISSING = (
 
 @functools.lru_cache(maxsize=8)
 def _probe(bwrap: str) -> tuple[bool, str]:
+    fd = seccomp.program_fd() if seccomp.supported() else None
     try:
         done = subprocess.run(
-            [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *_isolation(), "--", "true"],
+            [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *_isolation(fd), "--", "true"],
             capture_output=True,
             timeout=20,
             stdin=subprocess.DEVNULL,
+            pass_fds=() if fd is None else (fd,),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f'sandbox = "bwrap" but {bwrap} does not run: {exc}: set [tools] sandbox = "none"'
+    finally:
+        if fd is not None:
+            os.close(fd)
     if done.returncode != 0:
         why = (done.stderr.decode(errors="replace").strip().splitlines() or ["it failed"])[-1]
         return False, (
@@ -150,11 +157,14 @@ SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"
 _BIN_NAMES = frozenset({"bin", "sbin", "shims"})
 
 
-def _isolation() -> list[str]:
+def _isolation(seccomp_fd: int | None) -> list[str]:
     """Namespaces of their own (processes, IPC, host name, network, cgroups), a new session, death with the
-    parent; as root, no capabilities either (an unprivileged bwrap drops them itself)."""
+    parent, the seccomp filter read from `seccomp_fd` (no Unix socket, no io_uring: mc.tools.seccomp); as
+    root, no capabilities either (an unprivileged bwrap drops them itself)."""
     flags = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]
     flags += ["--die-with-parent", "--new-session"]
+    if seccomp_fd is not None:
+        flags += ["--seccomp", str(seccomp_fd)]
     if os.geteuid() == 0:
         flags += ["--cap-drop", "ALL"]
     return flags
@@ -197,10 +207,12 @@ def bwrap_argv(
     git_dir: Path | None = None,
     path: str | None = None,
     home: str | None = None,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """`argv` under bubblewrap, seeing only what a command needs: the system folders and the folders of the
     programs on `path` read-only, a private /tmp (and an empty home folder), the worktree `root` writable, its
-    `.git` and the repository's `git_dir` read-only; no other process, no host IPC or Unix socket, no network.
+    `.git` and the repository's `git_dir` read-only; no other process, no host IPC, no network, and with the
+    filter of `seccomp_fd` (mc.tools.seccomp.program_fd, which the child must inherit) no Unix socket.
     """
     wt = str(root)
     args = [bwrap]
@@ -226,4 +238,4 @@ def bwrap_argv(
     dotgit = os.path.join(wt, ".git")
     if not os.path.islink(dotgit) and os.path.exists(dotgit):  # (mission control never makes it a symlink)
         args += ["--ro-bind", dotgit, dotgit]
-    return [*args, *_isolation(), "--chdir", wt, "--", *argv]
+    return [*args, *_isolation(seccomp_fd), "--chdir", wt, "--", *argv]

@@ -18,6 +18,7 @@ from typing import Any
 from mc import procs
 from mc.config import ToolsConfig
 from mc.git.cmd import GitError, agent_git_dir, git_command
+from mc.tools import seccomp
 from mc.tools.commands import bwrap_argv, find_bwrap, safe_env, sandbox_available
 from mc.tools.patch import PatchError, patch_files
 from mc.tools.registry import TOOLS
@@ -307,14 +308,24 @@ async def _shell(
     bwrap = find_bwrap(env.get("PATH"))
     if not mode or (mode == "bwrap" and bwrap is None):
         return ToolOutcome(False, why)
+    filter_fd: int | None = None
     if mode == "bwrap" and bwrap is not None:
         admin = agent_git_dir(ws.root)  # <common git dir>/worktrees/<id>, as the repository records it
         common = admin.parent.parent if admin is not None else None
-        argv = bwrap_argv(bwrap, ws.root, argv, git_dir=common, path=env.get("PATH"), home=env.get("HOME"))
+        filter_fd = seccomp.program_fd() if seccomp.supported() else None
+        argv = bwrap_argv(
+            bwrap, ws.root, argv, git_dir=common, path=env.get("PATH"), home=env.get("HOME"), seccomp_fd=filter_fd
+        )
         env["TMPDIR"] = "/tmp"
     call_tag = f"{tag}/shell-{uuid.uuid4().hex[:8]}"
     collected = _HeadTail(cfg.max_output)
-    proc = await procs.start(argv, cwd=ws.root, env=env, tag=call_tag)
+    try:
+        proc = await procs.start(
+            argv, cwd=ws.root, env=env, tag=call_tag, pass_fds=() if filter_fd is None else (filter_fd,)
+        )
+    finally:
+        if filter_fd is not None:
+            os.close(filter_fd)
 
     def show(text: str) -> None:
         with contextlib.suppress(Exception):
