@@ -61,6 +61,37 @@ def scripted() -> Iterator[Callable[..., Any]]:
         server.stop()
 
 
+def claude_bash(command: str, description: str = "run what was asked") -> dict[str, Any]:
+    """A scripted turn's tool call: Claude Code's Bash tool running `command`."""
+    return {"tool": "Bash", "args": {"command": command, "description": description}}
+
+
+@pytest.fixture
+def serve_claude(scripted: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """serve_claude(agent, ...) starts the scripted server and points the real Claude Code CLI at it: a scratch
+    HOME, no updater, telemetry or other traffic (nothing leaves 127.0.0.1), and none of the developer's own
+    ANTHROPIC_* or CLAUDE_* settings."""
+    from mc.agents import claude
+
+    for name in [n for n in os.environ if n.startswith(("ANTHROPIC_", "CLAUDE_"))]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("DISABLE_AUTOUPDATER", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_TELEMETRY"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("DISABLE_ERROR_REPORTING", "1")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-real")
+    monkeypatch.setenv(claude.BIN_ENV, claude.claude_binary() or "")
+
+    def start(*agents: dict[str, Any]) -> Any:
+        server = scripted({"agents": list(agents)})
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{server.port}")
+        return server
+
+    return start
+
+
 def fleet_config(repo: Path, server: Any, agents: list[AgentConfig] | None = None, **model: Any) -> Config:
     cfg = Config()
     cfg.repo.path = str(repo)

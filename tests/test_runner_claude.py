@@ -7,7 +7,6 @@ other traffic are off, so nothing leaves 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from mc import procs
 from mc.agents import claude
 from mc.agents.claude import CONTINUE, describe, kind_of, remember_key
 from mc.config import AgentConfig
-from tests.conftest import fleet_config, make_repo
+from tests.conftest import claude_bash, fleet_config, make_repo
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,15 +74,11 @@ needs_cli = pytest.mark.skipif(BINARY is None, reason="claude is not installed: 
 RUN = "echo made > made.txt && echo wrote it"
 
 
-def bash(command: str, description: str = "run what was asked") -> dict[str, Any]:
-    return {"tool": "Bash", "args": {"command": command, "description": description}}
-
-
 def run_scenario(name: str, command: str = RUN) -> dict[str, Any]:
     return {
         "name": name,
         "turns": [
-            {"say": "I will run it.", **bash(command)},
+            {"say": "I will run it.", **claude_bash(command)},
             {"when_tool_output_contains": "wrote it", "say": "Ran it: {output_last_line}."},
             {"say": "Not run: {output_last_line}"},
         ],
@@ -100,28 +95,6 @@ def long_turn(name: str, lines: int = 400, rate: float = 40.0) -> dict[str, Any]
             {"say": "Picked up where I left off."},
         ],
     }
-
-
-@pytest.fixture
-def serve(scripted: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
-    """serve(agent, ...) starts the scripted server and points Claude Code at it, with a scratch HOME."""
-    for name in [n for n in os.environ if n.startswith(("ANTHROPIC_", "CLAUDE_"))]:
-        monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    for name in ("DISABLE_AUTOUPDATER", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_TELEMETRY"):
-        monkeypatch.setenv(name, "1")
-    monkeypatch.setenv("DISABLE_ERROR_REPORTING", "1")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-real")
-    monkeypatch.setenv(claude.BIN_ENV, BINARY or "")
-
-    def start(*agents: dict[str, Any]) -> Any:
-        server = scripted({"agents": list(agents)})
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{server.port}")
-        return server
-
-    return start
 
 
 async def until(check: Callable[[], bool], fleet: Any, timeout: float = 30.0) -> None:
@@ -163,8 +136,8 @@ def claude_pids(tag: str) -> list[int]:
 
 
 @needs_cli
-async def test_approve_runs_the_command_and_the_turn_is_logged(repo, serve, fleet_factory) -> None:
-    server = serve(run_scenario("cl-yes"))
+async def test_approve_runs_the_command_and_the_turn_is_logged(repo, serve_claude, fleet_factory) -> None:
+    server = serve_claude(run_scenario("cl-yes"))
     fleet, events = await spawn(fleet_factory, repo, server, agent_config("cl-yes", "Create made.txt"))
     agent = fleet.get("cl-yes")
     await until(lambda: bool(agent.pending) or agent.status == "failed", fleet)
@@ -193,8 +166,8 @@ async def test_approve_runs_the_command_and_the_turn_is_logged(repo, serve, flee
 
 
 @needs_cli
-async def test_deny_with_reason_reaches_the_model(repo, serve, fleet_factory) -> None:
-    server = serve(run_scenario("cl-no"))
+async def test_deny_with_reason_reaches_the_model(repo, serve_claude, fleet_factory) -> None:
+    server = serve_claude(run_scenario("cl-no"))
     fleet, _ = await spawn(fleet_factory, repo, server, agent_config("cl-no", "Create made.txt"))
     agent = fleet.get("cl-no")
     await until(lambda: bool(agent.pending) or agent.status == "failed", fleet)
@@ -208,14 +181,14 @@ async def test_deny_with_reason_reaches_the_model(repo, serve, fleet_factory) ->
 
 
 @needs_cli
-async def test_approve_all_lets_the_same_command_run_without_asking(repo, serve, fleet_factory) -> None:
-    server = serve(
+async def test_approve_all_lets_the_same_command_run_without_asking(repo, serve_claude, fleet_factory) -> None:
+    server = serve_claude(
         {
             "name": "cl-all",
             "turns": [
-                {"say": "Touching.", **bash("touch one.txt")},
+                {"say": "Touching.", **claude_bash("touch one.txt")},
                 {"say": "Touched."},
-                {"when_user_contains": "again", "say": "Touching again.", **bash("touch two.txt")},
+                {"when_user_contains": "again", "say": "Touching again.", **claude_bash("touch two.txt")},
                 {"say": "Touched again."},
             ],
         }
@@ -237,9 +210,9 @@ async def test_approve_all_lets_the_same_command_run_without_asking(repo, serve,
 
 
 @needs_cli
-async def test_text_streams_live_while_the_turn_runs(repo, serve, fleet_factory) -> None:
+async def test_text_streams_live_while_the_turn_runs(repo, serve_claude, fleet_factory) -> None:
     lines = 60
-    server = serve(long_turn("cl-live", lines=lines, rate=150.0))  # 300 words in about 2 s
+    server = serve_claude(long_turn("cl-live", lines=lines, rate=150.0))  # 300 words in about 2 s
     fleet, events = await spawn(fleet_factory, repo, server, agent_config("cl-live", "Write a long answer"))
     agent = fleet.get("cl-live")
     await until(lambda: agent.status in ("idle", "failed"), fleet)
@@ -256,8 +229,8 @@ async def test_text_streams_live_while_the_turn_runs(repo, serve, fleet_factory)
 
 
 @needs_cli
-async def test_redirect_interrupts_the_turn_and_reaches_the_same_process(repo, serve, fleet_factory) -> None:
-    server = serve(long_turn("cl-redir"))
+async def test_redirect_interrupts_the_turn_and_reaches_the_same_process(repo, serve_claude, fleet_factory) -> None:
+    server = serve_claude(long_turn("cl-redir"))
     fleet, _ = await spawn(fleet_factory, repo, server, agent_config("cl-redir", "Write a long answer"))
     agent = fleet.get("cl-redir")
     tag = fleet._tag(agent.id)
@@ -276,8 +249,8 @@ async def test_redirect_interrupts_the_turn_and_reaches_the_same_process(repo, s
 
 
 @needs_cli
-async def test_interrupt_stops_the_process_and_resume_continues_the_session(repo, serve, fleet_factory) -> None:
-    server = serve(long_turn("cl-int"))
+async def test_interrupt_stops_the_process_and_resume_continues_the_session(repo, serve_claude, fleet_factory) -> None:
+    server = serve_claude(long_turn("cl-int"))
     fleet, _ = await spawn(fleet_factory, repo, server, agent_config("cl-int", "Write a long answer"))
     agent = fleet.get("cl-int")
     tag = fleet._tag(agent.id)
@@ -297,8 +270,8 @@ async def test_interrupt_stops_the_process_and_resume_continues_the_session(repo
 
 
 @needs_cli
-async def test_restart_resumes_the_session(repo, serve, fleet_factory) -> None:
-    server = serve(
+async def test_restart_resumes_the_session(repo, serve_claude, fleet_factory) -> None:
+    server = serve_claude(
         {
             "name": "cl-again",
             "turns": [{"say": "Hello."}, {"when_user_contains": "after the restart", "say": "Still here."}],
@@ -325,13 +298,13 @@ async def test_restart_resumes_the_session(repo, serve, fleet_factory) -> None:
 
 
 @needs_cli
-async def test_restart_while_waiting_leaves_the_agent_resumable(repo, serve, fleet_factory) -> None:
-    server = serve(
+async def test_restart_while_waiting_leaves_the_agent_resumable(repo, serve_claude, fleet_factory) -> None:
+    server = serve_claude(
         {
             "name": "cl-wait",
             "turns": [
-                {"say": "I will run it.", **bash(RUN)},
-                {"when_user_contains": CONTINUE, "say": "Trying again.", **bash(RUN)},
+                {"say": "I will run it.", **claude_bash(RUN)},
+                {"when_user_contains": CONTINUE, "say": "Trying again.", **claude_bash(RUN)},
                 {"when_tool_output_contains": "wrote it", "say": "Ran it: {output_last_line}."},
             ],
         }
@@ -356,10 +329,10 @@ async def test_restart_while_waiting_leaves_the_agent_resumable(repo, serve, fle
 
 
 @needs_cli
-async def test_kill_leaves_no_process(repo, serve, fleet_factory) -> None:
+async def test_kill_leaves_no_process(repo, serve_claude, fleet_factory) -> None:
     marker = uuid.uuid4().int % 10**6 + 10**6
     command = f"(setsid sleep {marker} >/dev/null 2>&1 &); sleep {marker + 1}; echo wrote it"
-    server = serve(run_scenario("cl-kill", command=command))
+    server = serve_claude(run_scenario("cl-kill", command=command))
     fleet, _ = await spawn(fleet_factory, repo, server, agent_config("cl-kill", "Sleep", policy="never"))
     agent = fleet.get("cl-kill")
     tag = fleet._tag(agent.id)
@@ -385,8 +358,8 @@ async def test_kill_leaves_no_process(repo, serve, fleet_factory) -> None:
 
 
 @needs_cli
-async def test_lost_session_fails_once_and_resume_starts_a_new_one(repo, serve, fleet_factory, tmp_path) -> None:
-    server = serve({"name": "cl-lost", "turns": [{"say": "Hello."}]})
+async def test_lost_session_fails_once_and_resume_starts_a_new_one(repo, serve_claude, fleet_factory, tmp_path) -> None:
+    server = serve_claude({"name": "cl-lost", "turns": [{"say": "Hello."}]})
     cfg = fleet_config(repo, server, [agent_config("cl-lost", "Say hello")])
     fleet = await fleet_factory(cfg)
     await fleet.spawn_configured()
@@ -418,8 +391,8 @@ async def test_lost_session_fails_once_and_resume_starts_a_new_one(repo, serve, 
 
 
 @needs_cli
-async def test_rate_limit_is_retried_and_shown(repo, serve, fleet_factory) -> None:
-    server = serve(
+async def test_rate_limit_is_retried_and_shown(repo, serve_claude, fleet_factory) -> None:
+    server = serve_claude(
         {
             "name": "cl-429",
             "faults": [{"kind": "429", "times": 1, "retry_after": 0.2}],
@@ -437,9 +410,9 @@ async def test_rate_limit_is_retried_and_shown(repo, serve, fleet_factory) -> No
 
 
 @needs_cli
-async def test_endpoint_failure_fails_the_agent_with_the_error(repo, serve, fleet_factory, monkeypatch) -> None:
+async def test_endpoint_failure_fails_the_agent_with_the_error(repo, serve_claude, fleet_factory, monkeypatch) -> None:
     monkeypatch.setenv("CLAUDE_CODE_MAX_RETRIES", "0")
-    server = serve(
+    server = serve_claude(
         {"name": "cl-500", "faults": [{"kind": "500", "message": "backend on fire"}], "turns": [{"say": "x"}]}
     )
     fleet, _ = await spawn(fleet_factory, repo, server, agent_config("cl-500", "Say something"))
@@ -456,8 +429,12 @@ def steps_scenario(name: str) -> dict[str, Any]:
     return {
         "name": name,
         "turns": [
-            {"say": "Step one.", **bash("echo one > one.txt && echo did one")},
-            {"when_tool_output_contains": "did one", "say": "Step two.", **bash("echo two > two.txt && echo did two")},
+            {"say": "Step one.", **claude_bash("echo one > one.txt && echo did one")},
+            {
+                "when_tool_output_contains": "did one",
+                "say": "Step two.",
+                **claude_bash("echo two > two.txt && echo did two"),
+            },
             {"when_tool_output_contains": "did two", "say": "Done."},
         ],
     }
@@ -487,9 +464,9 @@ async def asked(fleet: Any, name: str, approval_id: str) -> ev.ApprovalRequested
 
 @needs_cli
 async def test_a_token_budget_holds_the_next_model_call_and_approve_lets_it_go(
-    repo, tmp_path, serve, fleet_factory
+    repo, tmp_path, serve_claude, fleet_factory
 ) -> None:
-    server = serve(steps_scenario("clprobe"), steps_scenario("clb"))
+    server = serve_claude(steps_scenario("clprobe"), steps_scenario("clb"))
     used = await one_call(fleet_factory, make_repo(tmp_path / "probe"), server)
     budget = used * 3 // 4  # the first call reaches it; once raised, the second one does
     spec = agent_config("clb", "Do the steps", policy="never", budget_tokens=budget)
@@ -520,9 +497,9 @@ async def test_a_token_budget_holds_the_next_model_call_and_approve_lets_it_go(
 
 @needs_cli
 async def test_a_fleet_budget_holds_one_agent_stops_the_next_before_its_first_call_and_one_approval_frees_both(
-    repo, tmp_path, serve, fleet_factory
+    repo, tmp_path, serve_claude, fleet_factory
 ) -> None:
-    server = serve(steps_scenario("clprobe"), steps_scenario("cla"), steps_scenario("clc"))
+    server = serve_claude(steps_scenario("clprobe"), steps_scenario("cla"), steps_scenario("clc"))
     used = await one_call(fleet_factory, make_repo(tmp_path / "probe"), server)
     cfg = fleet_config(repo, server)
     cfg.fleet.budget_tokens = used * 19 // 10  # one call is under it, two reach it

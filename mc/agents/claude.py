@@ -23,7 +23,15 @@ from typing import Any
 from mc import events as ev
 from mc import procs
 from mc.agents._stdio import find_binary
-from mc.agents.base import BUDGET_STOPPED, Runner, RunnerContext, RunnerError, needs_approval
+from mc.agents.base import (
+    BUDGET_STOPPED,
+    NOT_RUN_INTERRUPTED,
+    NOT_RUN_REDIRECTED,
+    Runner,
+    RunnerContext,
+    RunnerError,
+    needs_approval,
+)
 from mc.tools import command_key
 
 #: Environment variable naming the Claude Code executable (default "claude").
@@ -254,7 +262,7 @@ class ClaudeRunner(Runner):
 
     async def send(self, text: str) -> None:
         if self._alive and self._outstanding:
-            await self._interrupt_turn("the engineer gave a new instruction instead")
+            await self._interrupt_turn(NOT_RUN_REDIRECTED)
         await self._say(text)
 
     async def resolve(self, approval_id: str, decision: str, reason: str = "") -> None:
@@ -309,7 +317,7 @@ class ClaudeRunner(Runner):
 
     async def interrupt(self) -> None:
         if self._alive and self._outstanding:
-            await self._interrupt_turn("the engineer interrupted the turn")
+            await self._interrupt_turn(NOT_RUN_INTERRUPTED)
         await self._stop_process()
         self._outstanding = 0
         self._idle.set()
@@ -463,12 +471,15 @@ class ClaudeRunner(Runner):
         }
         await self._write(message)
 
-    async def _interrupt_turn(self, reason: str) -> None:
-        """Deny what waits, interrupt the turn and wait for its end; stop the process when it does not answer."""
+    async def _interrupt_turn(self, why: str) -> None:
+        """Deny what waits, interrupt the turn and wait for its end; stop the process when it does not answer.
+        The calls that waited never ran, and their results say `why`: Claude Code, interrupted, reports them with
+        its own words for a rejected call (or not at all, when it had to be stopped)."""
         self._quiet = True
         try:
             for question in list(self._approvals.values()):
-                await self._deny(question, f"Not run: {reason}.")
+                self._not_run[question["call_id"]] = why
+                await self._deny(question, why)
             self._approvals.clear()
             held, self.questions = self.questions, {}
             for budget in held.values():
@@ -480,6 +491,7 @@ class ClaudeRunner(Runner):
                     await asyncio.wait_for(self._idle.wait(), INTERRUPT_WAIT)
             if answer is None or not self._idle.is_set():
                 await self._stop_process()  # the next message starts it again with --resume
+            self.close_not_run()
             self._outstanding = 0
             self._idle.set()
         finally:
@@ -671,13 +683,14 @@ class ClaudeRunner(Runner):
             return
         for block in content:
             if isinstance(block, dict) and block.get("type") == "tool_result":
-                text = result_text(block.get("content"))
+                call_id = str(block.get("tool_use_id", ""))
+                text = self.not_run(call_id) or result_text(block.get("content"))
                 if len(text) > MAX_RESULT:
                     text = text[:MAX_RESULT] + f"\n… ({len(text) - MAX_RESULT} more characters)"
                 self.ctx.emit(
                     ev.ToolResult(
                         agent=self.ctx.agent_id,
-                        call_id=str(block.get("tool_use_id", "")),
+                        call_id=call_id,
                         ok=not block.get("is_error", False),
                         output=text,
                     )
@@ -744,13 +757,13 @@ class ClaudeRunner(Runner):
         tool_input = request.get("input") if isinstance(request.get("input"), dict) else {}
         kind = kind_of(tool)
         key = remember_key(tool, kind, tool_input)
-        question = {"request_id": request_id, "input": tool_input, "key": key}
+        call_id = str(request.get("tool_use_id") or f"perm-{request_id}")
+        question = {"request_id": request_id, "input": tool_input, "key": key, "call_id": call_id}
         policy = ctx.agent.policy or ctx.config.policy.approve
         command = str(tool_input.get("command", "")) if kind == "command" else ""
         if key in ctx.agent.remembered or not needs_approval(policy, kind, command, ctx.config.policy.allow_commands):
             await self._allow(question)
             return
-        call_id = str(request.get("tool_use_id") or f"perm-{request_id}")
         summary = summarize(tool, tool_input, ctx.worktree)
         if call_id not in ctx.agent.tool_calls:
             ctx.emit(
