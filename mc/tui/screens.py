@@ -204,7 +204,7 @@ class TopBar(Static):
             owner = fleet.owner_pid if fleet is not None else None
             where = app.decision_place()
             remote = getattr(fleet, "client", None) is not None
-            short = " read-only" if remote else (f" decided in process {owner}" if owner else "")
+            short = " decide in another window" if remote else (f" decided in process {owner}" if owner else "")
             notes = [f" decisions are taken in {where}", short, ""]
 
         def line(note: str, with_branch: bool) -> Text:
