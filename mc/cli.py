@@ -503,8 +503,22 @@ def cmd_scripted_server(args: argparse.Namespace) -> int:
 def cmd_open(args: argparse.Namespace) -> int:
     if args.remote:
         return _remote_tui(args.remote, monitor=args.monitor)
-    cfg = resolve_config(args.config)
-    return _tui(cfg, monitor=args.monitor)
+    return _tui(window_config(args.config), monitor=args.monitor)
+
+
+def window_config(path: str | None, cwd: Path | None = None) -> Config:
+    """The config a window shows its fleet with: the file's (see resolve_config); for a demo fleet opened with
+    plain `missionctl` (no file), the demo's, so that the window shows it as `missionctl demo` does (its
+    prices, its agents)."""
+    cfg = resolve_config(path, cwd=cwd)
+    if not cfg.source:
+        from mc.commands import state_dir
+        from mc.demo import demo_settings, is_demo_repo
+
+        top = state_dir(cfg).parent
+        if is_demo_repo(top):
+            demo_settings(cfg, top)
+    return cfg
 
 
 def _remote_tui(url: str, *, monitor: bool) -> int:

@@ -188,3 +188,17 @@ async def test_the_demo_shows_the_review_loop(tmp_path: Path) -> None:
     finally:
         await fleet.close()
         demo.stop()
+
+
+def test_plain_missionctl_in_a_demo_repository_shows_the_demo_as_the_demo_does(tmp_path: Path) -> None:
+    """The window's own config (keys, prices): `missionctl` in DIR/textkit shows the demo's costs as `missionctl
+    demo --dir DIR` does; in a repository that is not a demo, the defaults stay."""
+    from mc.cli import window_config
+
+    demo = start_demo(tmp_path / "demo")
+    demo.stop(remove=False)
+    cfg = window_config(None, cwd=demo.repo)
+    assert cfg.prices == demo.config.prices and cfg.prices, cfg.prices
+    assert [a.name for a in cfg.agents] == [a.name for a in DEMO_AGENTS]
+    plain = make_repo(tmp_path / "plain")
+    assert window_config(None, cwd=plain).prices == {}
