@@ -89,18 +89,20 @@ time.sleep(300)
 """
 
 
-async def wait_for_escapes(proc: procs.Proc, tag: str) -> list[int]:
-    """The tagged processes once the script said "ready" and its setsid grandchild has left the session.
+async def wait_for_escapes(proc: procs.Proc, tag: str, said: list[str]) -> list[int]:
+    """The tagged processes once the script said "ready" (in `said`, what its reader collected so far) and its
+    setsid grandchild has left the session.
 
     Counting processes is not enough: a forked child is tagged before it calls setsid, and `sh -c "setsid …"`
     is tagged before setsid runs. Wait for the condition the test needs itself."""
-    for _ in range(500):
+    for _ in range(1500):
         pids = procs.find_tagged(tag)
         outside = [p for p in pids if _sid(p) not in (None, proc.pid)]
-        if len(outside) >= 2 and len(pids) >= 4:  # the setsid sleep and the daemon, beside python and a sleep
+        # the setsid sleep and the daemon, beside python and a sleep
+        if len(outside) >= 2 and len(pids) >= 4 and "ready" in "".join(said):
             return pids
         await asyncio.sleep(0.02)
-    raise AssertionError(f"no process left the session: {[(p, _sid(p)) for p in procs.find_tagged(tag)]}")
+    raise AssertionError(f"no process left the session: {[(p, _sid(p)) for p in procs.find_tagged(tag)]}, {said}")
 
 
 def _sid(pid: int) -> int | None:
@@ -112,9 +114,16 @@ def _sid(pid: int) -> int | None:
 
 async def test_kill_leaves_no_tagged_process(tag: str, tmp_path: Path) -> None:
     proc = await procs.start([PY, "-c", ESCAPES], cwd=tmp_path, env=dict(os.environ), tag=tag)
-    reader = asyncio.create_task(collect(proc))
+    said: list[str] = []
+
+    async def read() -> str:
+        async for chunk in proc.chunks():
+            said.append(chunk)
+        return "".join(said)
+
+    reader = asyncio.create_task(read())
     try:
-        before = await wait_for_escapes(proc, tag)
+        before = await wait_for_escapes(proc, tag, said)
         await asyncio.wait_for(proc.kill(grace=0.5), 30)
         assert procs.find_tagged(tag) == []
         assert tagged_by_psutil(tag) == []
