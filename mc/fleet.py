@@ -942,7 +942,8 @@ class Fleet:
             reuse = spec.reuse_branch and self.repo.branch_exists(branch)
             if reuse:  # the diff and the merge start where the branch left the base
                 commit = self.repo.git("merge-base", commit, f"refs/heads/{branch}").strip()
-            worktree.parent.mkdir(parents=True, exist_ok=True)
+            # the folder of the worktrees, when mission control makes it, is its owner's alone (as .mc is)
+            worktree.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # On record before anything is made: a restart after a kill takes back what it finds.
             data = {"branch": branch, "worktree": str(worktree), "base_commit": commit, "reuse": reuse}
             record.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -1276,6 +1277,8 @@ class Fleet:
             or f"{agent.name}: {title[:60]}\n\n{agent.task.strip()}\n\nMerged by missionctl from {agent.branch}."
         )
         worktree = Path(agent.worktree)
+        if await asyncio.to_thread(self._nothing_to_merge, agent):
+            raise FleetError(f"{agent.name} has no changes against {agent.base_ref}: there is nothing to merge")
         if checks and worktree.is_dir() and self._checks_config(agent.id).on == "merge":
             await self._checks_before_merge(agent)
         await self.checks.stop(agent.id, "the agent is being merged")
@@ -1311,6 +1314,20 @@ class Fleet:
             with contextlib.suppress(GitError):
                 await asyncio.to_thread(self.repo.remove_worktree, worktree, force=False)
         return result
+
+    def _nothing_to_merge(self, agent: Agent) -> bool:
+        """Whether the agent changed nothing: its branch is still at the commit it started from and its worktree
+        holds no change (a branch with commits of its own that the base already contains is merged as before)."""
+        worktree = Path(agent.worktree)
+        if not agent.base_commit or not worktree.is_dir():
+            return False
+        try:
+            if self.repo.resolve(f"refs/heads/{agent.branch}") != agent.base_commit:
+                return False
+            # (work inside a submodule is not a change here: the merge then says why it cannot keep it)
+            return not self.repo.is_dirty(worktree, untracked=True) and not self.repo.unkept_work(worktree)
+        except GitError:
+            return False  # the merge itself says what is wrong
 
     async def discard(self, agent_id: str) -> str:
         """Remove the agent's worktree and branch, after keeping a snapshot ref of everything in it.

@@ -169,3 +169,35 @@ def test_a_fleet_command_outside_a_repository_says_so_and_makes_nothing(tmp_path
         f"missionctl: {folder} is not a git repository: run `git init` there or point [repo] path at one"
     ]
     assert list(folder.iterdir()) == []  # no .mc, no server log
+
+
+async def test_merge_of_an_agent_without_changes_says_there_is_nothing_to_merge(
+    repo: Path, scripted: Any, tmp_path: Path, fleet_factory: Any
+) -> None:
+    """From the command line (and so through the fleet server) as in the window: nothing merged, the agent is
+    left as it was, its worktree kept; an agent that did write something still merges."""
+    from mc.config import load_config
+    from tests.conftest import git
+    from tests.test_fleet import write_turn
+
+    turns = {"quiet": [{"say": "Nothing to change."}], "busy": [write_turn("b.txt", "b\n"), {"say": "Done."}]}
+    server = scripted({"agents": [{"name": n, "turns": t} for n, t in turns.items()]})
+    agents = "".join(f'[[agents]]\nname = "{n}"\ntask = "t"\nmodel = "{n}"\npolicy = "never"\n' for n in turns)
+    config = write_config(tmp_path, repo, server, agents)
+    fleet = await fleet_factory(load_config(config))
+    await fleet.spawn_configured()
+    assert await fleet.wait_settled(30)
+    await fleet.close()
+    before = git(repo, "rev-parse", "main")
+
+    quiet = missionctl("merge", "quiet", "--config", str(config))
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert quiet.stderr.strip() == "missionctl: quiet has no changes against main: there is nothing to merge"
+    assert "merged" not in quiet.stdout
+    assert git(repo, "rev-parse", "main") == before and (tmp_path / "wt" / "quiet").is_dir()
+    listed = missionctl("ls", "--config", str(config)).stdout
+    assert next(x for x in listed.splitlines() if x.startswith("quiet ")).split()[1] == "idle", listed
+
+    busy = missionctl("merge", "busy", "--config", str(config))
+    assert busy.returncode == 0 and "merged busy into main" in busy.stdout, busy.stderr
+    assert git(repo, "show", "main:b.txt") == "b"

@@ -252,3 +252,5 @@ async def test_every_folder_and_file_under_the_state_folder_is_private_after_a_r
         if stat.S_IMODE(p.lstat().st_mode) != (0o700 if p.is_dir() else 0o600)
     ]
     assert not wrong, f"not private to their owner (folders 0700, files 0600): {wrong}"
+    # the folder of the worktrees, which mission control made: nobody else reaches the agents' checkouts
+    assert stat.S_IMODE(fleet.worktree_dir.stat().st_mode) == 0o700, oct(fleet.worktree_dir.stat().st_mode)
