@@ -20,7 +20,7 @@ import pytest
 from mc import events as ev
 from mc import procs
 from mc.agents import acp, builtin, claude, codex
-from mc.agents.base import NOT_RUN_INTERRUPTED
+from mc.agents.base import NOT_RUN_INTERRUPTED, NOT_RUN_REDIRECTED
 from mc.config import AgentConfig
 from tests.conftest import claude_bash, fleet_config
 
@@ -148,6 +148,33 @@ async def test_interrupt_while_waiting_says_the_call_was_not_run(
         await fleet.resume(name)
         await _until(lambda: agent.status in ("idle", "failed"), fleet, name)
         assert NOT_RUN_INTERRUPTED in server.requests[-1].tool_outputs()
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+async def test_redirect_while_waiting_says_the_call_was_not_run(
+    runner: str, repo: Path, fleet_factory: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """A new instruction given while a call waits for approval: the call never runs, its result says why, and
+    the agent goes on with the new instruction."""
+    if why := _available(runner):
+        pytest.skip(why)
+    monkeypatch.delenv(codex.HOME_ENV, raising=False)
+    name = f"redir-{runner}"
+    server, spec = _start(runner, name, ["echo made > made.txt"], request)
+    fleet = await fleet_factory(fleet_config(repo, server, model=name))
+    events: list[ev.Event] = []
+    fleet.add_listener(events.append)
+    await fleet.spawn(spec)
+    agent = fleet.get(name)
+    await _until(lambda: bool(agent.pending) or agent.status == "failed", fleet, name)
+    assert agent.status == "waiting", agent.error
+    call_id = agent.oldest_pending().call_id
+    await fleet.redirect(name, "Stop that and say you are done.")
+    await _until(lambda: agent.status in ("idle", "failed"), fleet, name)
+    assert agent.status == "idle", agent.error
+    assert not (Path(agent.worktree) / "made.txt").exists()
+    results = [e.output for e in events if isinstance(e, ev.ToolResult) and e.call_id == call_id]
+    assert results == [NOT_RUN_REDIRECTED]
 
 
 async def test_a_call_interrupted_while_it_runs_may_have_run_partly(
