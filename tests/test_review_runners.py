@@ -16,7 +16,6 @@ from mc.config import AgentConfig
 from tests.conftest import fleet_config
 from tests.test_review import AFTER_REVIEW, FIRST, review_repo
 from tests.test_runner_claude import BINARY, agent_config, spawn, until
-from tests.test_runner_claude import serve as serve  # the fixture that points Claude Code at the scripted server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,8 +60,12 @@ async def test_a_command_agent_gets_the_review_and_its_next_run_is_marked(tmp_pa
 
 
 @pytest.mark.skipif(BINARY is None, reason="claude is not installed: run scripts/install-tools.sh")
-async def test_claude_code_gets_the_review_as_its_next_message(repo: Path, serve: Any, fleet_factory: Any) -> None:
-    server = serve({"name": "cl-review", "turns": [{"say": "Nothing to change."}, {"say": "Looked at the review."}]})
+async def test_claude_code_gets_the_review_as_its_next_message(
+    repo: Path, serve_claude: Any, fleet_factory: Any
+) -> None:
+    server = serve_claude(
+        {"name": "cl-review", "turns": [{"say": "Nothing to change."}, {"say": "Looked at the review."}]}
+    )
     fleet, _ = await spawn(fleet_factory, repo, server, agent_config("cl-review", "Look at the code"))
     agent = fleet.get("cl-review")
     await until(lambda: agent.status in ("idle", "failed"), fleet)
