@@ -563,3 +563,48 @@ def test_a_sandboxed_command_dies_with_the_process_that_started_it(repo: Path) -
         child.stdout.close() if child.stdout else None
         for pid in running():
             os.kill(int(pid), 9)
+
+
+async def test_a_program_in_dot_local_bin_runs_but_the_rest_of_dot_local_stays_hidden(
+    repo: Path, outside: Path
+) -> None:
+    """~/.local/bin on PATH: its programs (a pip --user script that imports from ~/.local/lib, a pipx one that
+    is a symlink into ~/.local/share/pipx) run in the sandbox, and ~/.local/share's other folders (keyrings,
+    shell histories) are not there."""
+    needs_bwrap()
+    from mc.config import ToolsConfig
+    from mc.git import Repo
+    from mc.tools import Workspace, run_tool, safe_env
+
+    home = outside / "home"
+    local = home / ".local"
+    (local / "bin").mkdir(parents=True)
+    site = local / "lib" / "site"
+    site.mkdir(parents=True)
+    (site / "userlib.py").write_text("WORD = 'user library'\n")
+    user_script = local / "bin" / "usertool"
+    user_script.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(site)!r})\nimport userlib\nprint(userlib.WORD)\n"
+    )
+    venv_bin = local / "share" / "pipx" / "venvs" / "pipxtool" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "pipxtool").write_text("#!/bin/sh\necho pipx tool runs\n")
+    os.symlink(venv_bin / "pipxtool", local / "bin" / "pipxtool")
+    for script in (user_script, venv_bin / "pipxtool"):
+        script.chmod(0o755)
+    keyrings = local / "share" / "keyrings"
+    keyrings.mkdir(parents=True)
+    (keyrings / "login.keyring").write_text("the user's keyring\n")
+    worktree = repo.parent / "wt-local"
+    git = Repo(repo)
+    git.add_worktree(worktree, "mc/local", git.resolve("main"))
+    env = {**safe_env([]), "HOME": str(home), "PATH": f"{local / 'bin'}{os.pathsep}{safe_env([])['PATH']}"}
+    command = f"usertool; pipxtool; cat {keyrings}/login.keyring; ls {local / 'share'}"
+    outcome = await run_tool(
+        "shell", {"command": command}, Workspace(worktree), on_output=lambda _: None, env=env,
+        tools_cfg=ToolsConfig(sandbox="bwrap"), tag="dot-local",
+    )  # fmt: skip
+    out = outcome.output
+    assert "user library" in out and "pipx tool runs" in out, out
+    assert "the user's keyring" not in out and "login.keyring: No such file or directory" in out, out
+    assert out.rstrip().splitlines()[-1] == "pipx", out  # ~/.local/share holds only what a program needs

@@ -180,11 +180,36 @@ def _inside_any(path: str, folders: list[str]) -> bool:
     return False
 
 
+def _local_folders(bin_folder: str, local: str) -> list[str]:
+    """What the programs of ~/.local/bin need, without the rest of ~/.local (~/.local/share holds keyrings,
+    shell histories, other programs' data): the bin folder, ~/.local/lib (pip --user), and for each program
+    that is a symlink elsewhere under ~/.local (pipx, uv tools) the folder two levels below ~/.local that holds
+    its target (~/.local/share/pipx)."""
+    folders = [bin_folder, os.path.join(local, "lib")]
+    try:
+        names = os.listdir(bin_folder)
+    except OSError:
+        names = []
+    for name in names[:1000]:
+        target = os.path.realpath(os.path.join(bin_folder, name))
+        try:
+            rel = os.path.relpath(target, local)
+        except ValueError:
+            continue
+        parts = rel.split(os.sep)
+        if rel.startswith("..") or parts[0] in ("bin", "lib") or len(parts) < 3:
+            continue  # outside ~/.local (its own PATH entry or a system folder), or already bound
+        folders.append(os.path.join(local, parts[0], parts[1]))
+    return [f for f in dict.fromkeys(folders) if os.path.isdir(f)]
+
+
 def program_folders(path: str | None, home: str | None = None) -> list[str]:
     """The folders outside the system folders that the programs on `path` need: each PATH entry, or its parent
-    when it is a bin folder (~/.cargo/bin → ~/.cargo), but never the home folder or / itself."""
+    when it is a bin folder (~/.cargo/bin → ~/.cargo), but never the home folder or / itself, and of ~/.local
+    only what its programs need (see _local_folders)."""
     system = [os.path.realpath(f) for f in SYSTEM_FOLDERS if os.path.isdir(f)]
     home_real = os.path.realpath(home) if home else ""
+    local = os.path.join(home_real, ".local") if home_real else ""
     found: list[str] = []
     for entry in (path or "").split(os.pathsep):
         if not os.path.isabs(entry) or not os.path.isdir(entry):
@@ -193,9 +218,11 @@ def program_folders(path: str | None, home: str | None = None) -> list[str]:
         folder = os.path.dirname(real) if os.path.basename(real) in _BIN_NAMES else real
         if folder in ("/", home_real):
             folder = real
-        if folder in ("/", home_real) or _inside_any(folder, system + found):
-            continue
-        found = [f for f in found if not _inside_any(f, [folder])] + [folder]
+        folders = _local_folders(real, local) if local and folder == local else [folder]
+        for folder in folders:
+            if folder in ("/", home_real, local) or _inside_any(folder, system + found):
+                continue
+            found = [f for f in found if not _inside_any(f, [folder])] + [folder]
     return found
 
 
