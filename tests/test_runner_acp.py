@@ -144,6 +144,12 @@ async def test_tokens_are_what_codex_acp_reports(repo: Path, scripted: Any, flee
     said = len(split_words("The file is there."))  # the scripted model counts one token per word
     assert agent.runner_state["context_tokens"] == count_input_tokens(server.requests[-1].body) + said
     assert agent.runner_state["context_window"] > agent.runner_state["context_tokens"]
+    # what the protocol reports is what the header shows: no token count, how full the context is
+    from mc.tui.format import header_text
+
+    share = 100 * agent.runner_state["context_tokens"] / agent.runner_state["context_window"]
+    shown = "<1" if share < 1 else str(round(share))
+    assert f" — tok ctx {shown}% acp" in header_text(agent, now=0.0).plain
 
 
 #: A minimal ACP agent that answers each prompt with one sentence and the turn's usage.

@@ -84,6 +84,19 @@ def tokens_text(agent: Agent) -> str:
     return short_number(agent.tokens) if agent.usage_reported else "—"
 
 
+def context_text(agent: Agent) -> str:
+    """How full the agent's context is, where its runner reports it (ACP's usage_update): "ctx 12%" of a known
+    window, "ctx 12k" without one; "" where nothing says."""
+    used = agent.runner_state.get("context_tokens")
+    if not isinstance(used, int) or used <= 0:
+        return ""
+    window = agent.runner_state.get("context_window")
+    if isinstance(window, int) and window > 0:
+        share = 100 * used / window
+        return "ctx <1%" if share < 1 else f"ctx {min(100, round(share))}%"
+    return f"ctx {short_number(used)}"
+
+
 def key_rows(pairs: Sequence[tuple[str, str]], width: int) -> Text:
     """Keys and what they do ("a approve  d deny"), broken into lines of `width` only between two pairs, never
     between a key and its word (width 0: one line)."""
@@ -208,7 +221,7 @@ def header_text(
 ) -> Text:
     """The one-line summary of an agent, what a reviewer needs first at the front (a narrow pane cuts its end):
     status, elapsed, its checks and risk flags (`short_badges`: "✗2/14" for "✗ 2 of 14 failed"), files and
-    +/- lines, tokens (and `cost`, when its price is known), runner."""
+    +/- lines, tokens (and how full its context is, and `cost`, where known), runner."""
     t = Text(no_wrap=True, overflow="ellipsis")
     t.append_text(status_text(agent.status))
     t.append(f" {duration(elapsed(agent, now))}")
@@ -224,6 +237,8 @@ def header_text(
     t.append("/")
     t.append(f"-{agent.lines_removed}", style=REMOVED)
     t.append(f" {tokens_text(agent)} tok", style=MUTED)
+    if context := context_text(agent):
+        t.append(f" {context}", style=MUTED)
     if cost:
         t.append(f" {cost}", style=MUTED)
     t.append(f" {agent.runner}", style=MUTED)
