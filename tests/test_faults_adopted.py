@@ -30,10 +30,15 @@ def marked(marker: str) -> list[psutil.Process]:
 
 def adopted_by_us(marker: str) -> list[psutil.Process]:
     """The marked processes whose parent is now this process (the subreaper adopted them)."""
+    return adopted_by(marker, os.getpid())
+
+
+def adopted_by(marker: str, parent: int) -> list[psutil.Process]:
+    """The marked processes whose parent is now `parent` (a subreaper that adopted them)."""
     found = []
     for p in marked(marker):
         try:
-            if p.ppid() == os.getpid():
+            if p.ppid() == parent:
                 found.append(p)
         except psutil.NoSuchProcess:  # one that just ended (the `true` escapee)
             continue
@@ -117,3 +122,38 @@ async def test_closing_the_fleet_ends_adopted_processes_that_left_the_worktree(r
     await fleet.close()
     assert marked(marker) == []
     assert zombie_children() == []
+
+
+async def test_stopping_the_fleet_server_ends_what_it_adopted(repo, scripted) -> None:
+    """The real fleet server process (what every window attaches to): escapees that shed their tag, left the
+    session and the worktree, and were orphaned, are adopted by the server, and end when it is stopped (SIGTERM,
+    as `missionctl stop` and a logout do)."""
+    import signal
+    import subprocess
+    import sys
+
+    from mc.client import ensure_server
+    from tests.test_server import server_pids, write_config
+
+    marker = str(uuid.uuid4().int)[:8]
+    command = f"cd / && ( {escapes(marker)} ); sleep 300"
+    server = scripted(
+        {"agents": [{"name": "esc", "turns": [{"say": "Starting.", "tool": "shell", "args": {"command": command}}]}]}
+    )
+    write_config(repo, server)
+    config = repo / "missionctl.toml"
+    await ensure_server(repo / ".mc", ["--config", str(config)])
+    [pid] = server_pids(repo)
+    spawn = [sys.executable, "-m", "mc", "spawn", "--name", "esc", "--task", "start things", "--model", "esc"]
+    done = subprocess.run(
+        [*spawn, "--policy", "never", "--config", str(config)], cwd=repo, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+        await until(lambda: len(adopted_by(marker, pid)) >= 3, what="the escapees to be adopted by the server")
+        os.kill(pid, signal.SIGTERM)
+        await until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        await until(lambda: not marked(marker), what="the adopted escapees to end with the server")
+    finally:
+        for p in marked(marker):
+            p.kill()
