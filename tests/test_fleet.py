@@ -209,7 +209,8 @@ async def test_interrupt_stops_the_command_and_resume_continues(repo, scripted, 
 
 
 async def test_kill_leaves_no_process_and_keeps_the_worktree(repo, scripted, fleet_factory) -> None:
-    script = "sleep 300 & setsid sleep 301 & (sh -c 'sleep 302 &' &) ; echo spawned; wait"
+    naps = ("sleep 300.5821", "sleep 301.5821", "sleep 302.5821")  # command lines no other process has
+    script = f"{naps[0]} & setsid {naps[1]} & (sh -c '{naps[2]} &' &) ; echo spawned; wait"
     server = scripted({"agents": [{"name": "k", "turns": [shell_turn(script), {"say": "Done."}]}]})
     fleet = await fleet_factory(
         fleet_config(repo, server, [AgentConfig(name="k", task="spawn things", model="k", policy="never")])
@@ -224,7 +225,7 @@ async def test_kill_leaves_no_process_and_keeps_the_worktree(repo, scripted, fle
     assert agent.status == "killed"
     assert procs.find_tagged(tag) == []
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "sleep 301" not in out and "sleep 302" not in out and "sleep 300" not in out
+    assert [nap for nap in naps if nap in out] == []
     assert (Path(agent.worktree) / "work.txt").read_text() == "keep me\n"
 
 

@@ -59,6 +59,10 @@ def _binaries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(codex.HOME_ENV, raising=False)
 
 
+#: Odd lengths: no process of another test (or of anything else on the machine) has these command lines.
+NAP, NAP_SETSID = "sleep 300.3917", "sleep 301.3917"
+
+
 def processes_with(marker: str) -> list[str]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
@@ -75,7 +79,7 @@ async def test_four_kinds_of_agent_in_one_fleet_by_keystroke(tmp_path: Path, scr
             name="m-cmd",
             task="count",
             runner="command",
-            command="echo command-agent-up; sleep 300 & setsid sleep 301 & wait",
+            command=f"echo command-agent-up; {NAP} & setsid {NAP_SETSID} & wait",
         ),
     ]
     cfg = tui_config(repo, server, agents)
@@ -125,6 +129,6 @@ async def test_four_kinds_of_agent_in_one_fleet_by_keystroke(tmp_path: Path, scr
             await until(pilot, lambda name=name: fleet.agents[name].status == "killed", 30, f"{name} killed")
         for name, tag in tags.items():
             assert procs.find_tagged(tag) == [], name
-        assert processes_with("sleep 301") == [] and processes_with("sleep 300") == []
+        assert processes_with(NAP_SETSID) == [] and processes_with(NAP) == []
         own = psutil.Process().children(recursive=True)
         assert not [p for p in own if p.name() in ("codex", "codex-acp", "sleep")]
