@@ -10,7 +10,7 @@ its socket and connect operations do not pass through seccomp.
 
 The filter is classic BPF, handed to bubblewrap's `--seccomp FD` (which applies it right before it starts the
 command, after setting no_new_privs). Built here in a few lines rather than with libseccomp, which would be a
-C library and its bindings for six instructions.
+C library and its bindings for fourteen instructions.
 """
 
 from __future__ import annotations
