@@ -200,7 +200,12 @@ class Host:
         self._listeners = []
         for name, path in self.sockets.items():
             unix = socket.socket(socket.AF_UNIX)
-            unix.bind(str(path))
+            here = os.getcwd()  # bound by its name in its folder: a long temp path is past AF_UNIX's 108 bytes
+            os.chdir(path.parent)
+            try:
+                unix.bind(path.name)
+            finally:
+                os.chdir(here)
             unix.listen(4)
             unix.settimeout(0.1)
             thread = threading.Thread(target=self._accept, args=(name, unix), daemon=True)
@@ -260,8 +265,9 @@ def isolation_probes(host: Host) -> dict[str, str]:
     """Shell commands of an agent that reach for the host around the sandbox, by what each tries."""
     sockets = {name: str(path) for name, path in host.sockets.items()}
     connect = (
-        f"import socket\nfor name, path in {sockets!r}.items():\n"
-        "    try:\n        s = socket.socket(socket.AF_UNIX); s.connect(path); print('unix-connected', name)\n"
+        f"import os, socket\nfor name, path in {sockets!r}.items():\n"
+        "    try:\n        s = socket.socket(socket.AF_UNIX); os.chdir(os.path.dirname(path))\n"
+        "        s.connect(os.path.basename(path)); print('unix-connected', name)\n"
         "    except OSError as exc:\n        print(name, exc)\n"
     )
     uring = (  # io_uring_setup(1, NULL): EFAULT where io_uring exists, ENOSYS where it is refused
