@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -66,6 +67,27 @@ def cmd_serve(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def reachable_path(socket: Path) -> Path:
+    """`socket`, or where another program (ssh -L, curl) reaches it when its path is past sun_path's 107 bytes:
+    a symlink in a folder of the user's own (/tmp/missionctl-UID, 0700) named after the path."""
+    if len(str(socket).encode()) < 100:
+        return socket
+    import hashlib
+
+    folder = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"missionctl-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.is_symlink() or folder.stat().st_uid != os.getuid():
+        raise OSError(f"{folder} is not yours: remove it, then run the command again")
+    os.chmod(folder, 0o700)
+    link = folder / f"{hashlib.sha256(str(socket).encode()).hexdigest()[:16]}.sock"
+    if not (link.is_symlink() and os.readlink(link) == str(socket)):
+        temp = folder / f".{link.name}.{os.getpid()}"
+        temp.unlink(missing_ok=True)
+        os.symlink(socket, temp)
+        os.replace(temp, link)
+    return link
+
+
 def cmd_socket(args: argparse.Namespace, cfg: Config) -> int:
     """Print the path of the fleet server's socket, starting the server when none runs (what `--remote`
     asks of the far side, and a script's way to talk HTTP to the fleet: `curl --unix-socket PATH`)."""
@@ -76,7 +98,11 @@ def cmd_socket(args: argparse.Namespace, cfg: Config) -> int:
     except ClientError as exc:
         print(f"missionctl: {exc}", file=sys.stderr)
         return EXIT_NO_SERVER
-    print(socket)
+    try:
+        print(reachable_path(Path(socket)))
+    except OSError as exc:
+        print(f"missionctl: cannot give a short path to {socket}: {exc}", file=sys.stderr)
+        return EXIT_NO_SERVER
     return 0
 
 
