@@ -122,14 +122,15 @@ async def test_the_same_table_in_every_runner(
         assert [p.read_text() for p in rules if "prefix_rule" in p.read_text()] == []
 
 
-@pytest.mark.parametrize("runner", RUNNERS)
-async def test_interrupt_while_waiting_says_the_call_was_not_run(
-    runner: str, repo: Path, fleet_factory: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> None:
+async def _waiting(
+    runner: str, prefix: str, repo: Path, fleet_factory: Any, monkeypatch: pytest.MonkeyPatch, request: Any
+) -> tuple[Any, Any, Any, list[ev.Event], str]:
+    """An agent of `runner` whose call `echo made > made.txt` waits for approval: (model server, fleet, agent,
+    the fleet's events so far and from now on, the waiting call's id)."""
     if why := _available(runner):
         pytest.skip(why)
     monkeypatch.delenv(codex.HOME_ENV, raising=False)
-    name = f"int-{runner}"
+    name = f"{prefix}-{runner}"
     server, spec = _start(runner, name, ["echo made > made.txt"], request)
     fleet = await fleet_factory(fleet_config(repo, server, model=name))
     events: list[ev.Event] = []
@@ -139,14 +140,22 @@ async def test_interrupt_while_waiting_says_the_call_was_not_run(
     await _until(lambda: bool(agent.pending) or agent.status == "failed", fleet, name)
     assert agent.status == "waiting", agent.error
     call_id = agent.oldest_pending().call_id
-    await fleet.interrupt(name)
+    return server, fleet, agent, events, call_id
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+async def test_interrupt_while_waiting_says_the_call_was_not_run(
+    runner: str, repo: Path, fleet_factory: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    server, fleet, agent, events, call_id = await _waiting(runner, "int", repo, fleet_factory, monkeypatch, request)
+    await fleet.interrupt(agent.name)
     assert agent.status == "interrupted"
     assert not (Path(agent.worktree) / "made.txt").exists()
     results = [e.output for e in events if isinstance(e, ev.ToolResult) and e.call_id == call_id]
     assert results == [NOT_RUN_INTERRUPTED]
     if runner == "builtin":  # what the model reads on resume
-        await fleet.resume(name)
-        await _until(lambda: agent.status in ("idle", "failed"), fleet, name)
+        await fleet.resume(agent.name)
+        await _until(lambda: agent.status in ("idle", "failed"), fleet, agent.name)
         assert NOT_RUN_INTERRUPTED in server.requests[-1].tool_outputs()
 
 
@@ -156,21 +165,9 @@ async def test_redirect_while_waiting_says_the_call_was_not_run(
 ) -> None:
     """A new instruction given while a call waits for approval: the call never runs, its result says why, and
     the agent goes on with the new instruction."""
-    if why := _available(runner):
-        pytest.skip(why)
-    monkeypatch.delenv(codex.HOME_ENV, raising=False)
-    name = f"redir-{runner}"
-    server, spec = _start(runner, name, ["echo made > made.txt"], request)
-    fleet = await fleet_factory(fleet_config(repo, server, model=name))
-    events: list[ev.Event] = []
-    fleet.add_listener(events.append)
-    await fleet.spawn(spec)
-    agent = fleet.get(name)
-    await _until(lambda: bool(agent.pending) or agent.status == "failed", fleet, name)
-    assert agent.status == "waiting", agent.error
-    call_id = agent.oldest_pending().call_id
-    await fleet.redirect(name, "Stop that and say you are done.")
-    await _until(lambda: agent.status in ("idle", "failed"), fleet, name)
+    _, fleet, agent, events, call_id = await _waiting(runner, "redir", repo, fleet_factory, monkeypatch, request)
+    await fleet.redirect(agent.name, "Stop that and say you are done.")
+    await _until(lambda: agent.status in ("idle", "failed"), fleet, agent.name)
     assert agent.status == "idle", agent.error
     assert not (Path(agent.worktree) / "made.txt").exists()
     results = [e.output for e in events if isinstance(e, ev.ToolResult) and e.call_id == call_id]

@@ -113,7 +113,7 @@ BWRAP_MISSING = (
 
 @functools.lru_cache(maxsize=8)
 def _probe(bwrap: str) -> tuple[bool, str]:
-    fd = seccomp.program_fd() if seccomp.supported() else None
+    fd = seccomp.program_fd()
     try:
         done = subprocess.run(
             [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *_isolation(fd), "--", "true"],

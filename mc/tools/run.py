@@ -312,7 +312,7 @@ async def _shell(
     if mode == "bwrap" and bwrap is not None:
         admin = agent_git_dir(ws.root)  # <common git dir>/worktrees/<id>, as the repository records it
         common = admin.parent.parent if admin is not None else None
-        filter_fd = seccomp.program_fd() if seccomp.supported() else None
+        filter_fd = seccomp.program_fd()
         argv = bwrap_argv(
             bwrap, ws.root, argv, git_dir=common, path=env.get("PATH"), home=env.get("HOME"), seccomp_fd=filter_fd
         )

@@ -83,8 +83,11 @@ def program() -> bytes:
     return bytes(out)
 
 
-def program_fd() -> int:
-    """A file descriptor (close it after the child started) from which bubblewrap reads the filter."""
+def program_fd() -> int | None:
+    """A file descriptor (close it after the child started) from which bubblewrap reads the filter, or None on
+    a machine this module has no filter for."""
+    if not supported():
+        return None
     fd = os.memfd_create("mc-seccomp", os.MFD_CLOEXEC)
     try:
         os.write(fd, program())
